@@ -1,0 +1,3 @@
+"""What a kernel author imports to write and run an ArmoniK worker."""
+
+__all__: list[str] = []
