@@ -1,12 +1,6 @@
-"""Entry point of the worker server: ``python -m worker_sdk MODULE:CLASS``."""
+"""``python -m worker_sdk MODULE:CLASS``: the worker's entry point."""
 
-import sys
-
-
-def main() -> int:
-    print("python -m worker_sdk: the worker server is not part of this release yet")
-    return 2
-
+from worker_sdk._cli import entry_point
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -1,0 +1,146 @@
+"""``python -m worker_sdk MODULE:CLASS``: run a task handler as a worker server."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import click
+from prometheus_client import start_http_server
+
+from worker_sdk import _logging
+from worker_sdk._address import DEFAULT_AGENT_ADDRESS, DEFAULT_WORKER_ADDRESS, Address
+from worker_sdk._data import DEFAULT_SPILL_THRESHOLD
+from worker_sdk._errors import WorkerSdkError
+from worker_sdk._handler import TaskHandler
+from worker_sdk._server import WorkerConfig, WorkerServer
+
+
+def load_handler(spec: str) -> TaskHandler:
+    """Import ``MODULE:CLASS`` and instantiate the handler class."""
+    module_name, sep, class_name = spec.partition(":")
+    if not sep or not module_name or not class_name:
+        raise click.BadParameter(f"{spec!r} is not MODULE:CLASS", param_hint="HANDLER")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise click.BadParameter(
+            f"cannot import {module_name!r}: {error}", param_hint="HANDLER"
+        ) from error
+    handler_class = getattr(module, class_name, None)
+    if not (isinstance(handler_class, type) and issubclass(handler_class, TaskHandler)):
+        raise click.BadParameter(
+            f"{spec!r} is not a TaskHandler subclass", param_hint="HANDLER"
+        )
+    return handler_class()
+
+
+def _parse(text: str, socket_type: str | None, what: str) -> Address:
+    try:
+        return Address.parse(text, socket_type)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint=what) from error
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop  # noqa: PLC0415 - absent on Windows
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+async def _serve(handler: TaskHandler, config: WorkerConfig) -> None:
+    # Built inside the loop: grpc.aio channels and servers bind to the running loop.
+    server = WorkerServer(handler, config)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, server.drain)
+    await server.run()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("handler")
+@click.option(
+    "--address",
+    envvar="ComputePlane__WorkerChannel__Address",
+    default=DEFAULT_WORKER_ADDRESS,
+    show_default=True,
+    help="Where the worker listens: unix:///path, /path or host:port.",
+)
+@click.option(
+    "--agent",
+    envvar="ComputePlane__AgentChannel__Address",
+    default=DEFAULT_AGENT_ADDRESS,
+    show_default=True,
+    help="Where the agent's Agent service listens.",
+)
+@click.option(
+    "--worker-socket-type",
+    envvar="ComputePlane__WorkerChannel__SocketType",
+    hidden=True,
+)
+@click.option(
+    "--agent-socket-type", envvar="ComputePlane__AgentChannel__SocketType", hidden=True
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+)
+@click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics here."
+)
+@click.option(
+    "--kernel-threads",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Threads that run plain (non-async) kernels.",
+)
+@click.option(
+    "--spill-threshold",
+    type=click.IntRange(0),
+    default=DEFAULT_SPILL_THRESHOLD,
+    show_default=True,
+    help="Payloads and data larger than this many bytes are held in a temporary file.",
+)
+@click.option("--spill-dir", type=click.Path(file_okay=False), help="Where to spill.")
+def main(
+    handler: str,
+    address: str,
+    agent: str,
+    worker_socket_type: str | None,
+    agent_socket_type: str | None,
+    log_format: str,
+    metrics_port: int | None,
+    kernel_threads: int,
+    spill_threshold: int,
+    spill_dir: str | None,
+) -> None:
+    """Serve the TaskHandler HANDLER (MODULE:CLASS) to the pod's agent."""
+    _logging.configure(log_format)
+    config = WorkerConfig(
+        address=_parse(address, worker_socket_type, "--address"),
+        agent_address=_parse(agent, agent_socket_type, "--agent"),
+        kernel_threads=kernel_threads,
+        spill_threshold=spill_threshold,
+        spill_dir=spill_dir,
+    )
+    task_handler = load_handler(handler)
+    if metrics_port is not None:
+        start_http_server(metrics_port)
+    try:
+        _run(_serve(task_handler, config))
+    except WorkerSdkError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def entry_point() -> None:
+    main(prog_name=f"{sys.executable} -m worker_sdk")
