@@ -76,20 +76,22 @@ class DataSink:
             self._map = mmap.mmap(
                 self._file.fileno(), self.size, access=mmap.ACCESS_READ
             )
-            return memoryview(self._map)
+            self._view = memoryview(self._map)
+            return self._view
         if self._buffer is not None:
             return memoryview(self._buffer).toreadonly()
         return memoryview(self._single or b"")
 
     def close(self) -> None:
-        """Release the spill file. A view of spilled data is invalid from then on,
-        though slices of it that a kernel kept keep the mapping alive until freed."""
+        """Release the spill file: a view of spilled data is invalid from then on.
+
+        Slices of it that a kernel kept hold the mapping open until they are freed.
+        """
         if self._view is not None:
             with contextlib.suppress(BufferError):
                 self._view.release()
             self._view = None
         if self._map is not None:
-            # A kernel that kept a view keeps the mapping alive until that view dies.
             with contextlib.suppress(BufferError):
                 self._map.close()
             self._map = None

@@ -22,7 +22,12 @@ __all__ = [
 # What a result or a subtask payload can be made of: bytes-like data, the path of a
 # file streamed from disk (a ``str`` is a path), or an iterable of bytes-like chunks.
 DataSource = Union[
-    bytes, bytearray, memoryview, str, "os.PathLike[str]", Iterable[bytes]
+    bytes,
+    bytearray,
+    memoryview,
+    str,
+    "os.PathLike[str]",
+    Iterable[bytes | bytearray | memoryview],
 ]
 
 _TEXT_FIELDS = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -68,9 +68,9 @@ class Task:
             return coroutine
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    def send_result(self, key: str, data: DataSource) -> Awaitable[None] | None:
+    def send_result(self, key: str, data: DataSource) -> Any:
         """Send the value of expected output ``key``: bytes, a file path or chunks."""
-        return self._call(self._send_result(key, data))  # type: ignore[no-any-return]
+        return self._call(self._send_result(key, data))
 
     async def _send_result(self, key: str, data: DataSource) -> None:
         chunk_size = self.configuration.data_chunk_max_size
