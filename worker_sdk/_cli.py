@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import signal
-import sys
 from collections.abc import Coroutine
 from typing import Any
 
@@ -143,4 +142,4 @@ def main(
 
 
 def entry_point() -> None:
-    main(prog_name=f"{sys.executable} -m worker_sdk")
+    main(prog_name="python -m worker_sdk")
