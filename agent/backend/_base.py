@@ -1,0 +1,349 @@
+"""The backend interface: sessions, tasks, results, blobs and the queue.
+
+Every method that changes state is one atomic transition: either all of it is stored
+or none of it, whatever process calls it and whenever that process dies. Agents and
+control planes on one host (embedded backend) or on many (Redis backend) share one
+backend and coordinate only through it.
+
+Life cycle of a task, as stored here:
+
+    CREATING    waiting for data dependencies, or a subtask not yet committed
+    SUBMITTED   queued in its partition
+    DISPATCHED  acquired by an agent, under a lease
+    PROCESSING  its worker is running it
+    COMPLETED | ERROR | TIMEOUT | CANCELLED   final
+
+A failed attempt that still has retries ends ERROR (or TIMEOUT) and a new task takes
+over its outputs, with ``retry_of_ids`` naming every earlier attempt.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import IntEnum
+
+from gridpod_api import (
+    objects_pb2,
+    result_status_pb2,
+    session_status_pb2,
+    task_status_pb2,
+)
+
+__all__ = [
+    "Attempt",
+    "Backend",
+    "BlobRef",
+    "NewTask",
+    "ResultRecord",
+    "ResultStatus",
+    "SessionRecord",
+    "SessionStatus",
+    "TaskRecord",
+    "TaskRefusal",
+    "TaskStatus",
+]
+
+
+class TaskStatus(IntEnum):
+    CREATING = task_status_pb2.TASK_STATUS_CREATING
+    SUBMITTED = task_status_pb2.TASK_STATUS_SUBMITTED
+    DISPATCHED = task_status_pb2.TASK_STATUS_DISPATCHED
+    PROCESSING = task_status_pb2.TASK_STATUS_PROCESSING
+    COMPLETED = task_status_pb2.TASK_STATUS_COMPLETED
+    ERROR = task_status_pb2.TASK_STATUS_ERROR
+    TIMEOUT = task_status_pb2.TASK_STATUS_TIMEOUT
+    CANCELLING = task_status_pb2.TASK_STATUS_CANCELLING
+    CANCELLED = task_status_pb2.TASK_STATUS_CANCELLED
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL_TASK_STATUSES
+
+
+_FINAL_TASK_STATUSES = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.ERROR, TaskStatus.TIMEOUT, TaskStatus.CANCELLED}
+)
+
+
+class ResultStatus(IntEnum):
+    CREATED = result_status_pb2.RESULT_STATUS_CREATED
+    COMPLETED = result_status_pb2.RESULT_STATUS_COMPLETED
+    ABORTED = result_status_pb2.RESULT_STATUS_ABORTED
+
+
+class SessionStatus(IntEnum):
+    RUNNING = session_status_pb2.SESSION_STATUS_RUNNING
+    CANCELLED = session_status_pb2.SESSION_STATUS_CANCELLED
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A stored blob: a payload, a result's data or a resource."""
+
+    blob_id: str
+    size: int
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    session_id: str
+    status: SessionStatus
+    # Defaults for every task of the session, merged field by field under the task's.
+    default_options: objects_pb2.TaskOptions
+    partition_ids: tuple[str, ...]
+    created_at: datetime
+    cancelled_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    task_id: str
+    session_id: str
+    status: TaskStatus
+    # Merged over the session's defaults when the task was created.
+    options: objects_pb2.TaskOptions
+    payload: BlobRef
+    data_dependencies: tuple[str, ...]
+    expected_outputs: tuple[str, ...]
+    parent_task_ids: tuple[str, ...] = ()
+    retry_of_ids: tuple[str, ...] = ()
+    status_message: str = ""
+    owner_agent_id: str = ""
+    created_at: datetime | None = None
+    submitted_at: datetime | None = None
+    acquired_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def attempt(self) -> int:
+        """1 for a first attempt, 2 for its first retry, and so on."""
+        return len(self.retry_of_ids) + 1
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    session_id: str
+    key: str
+    owner_task_id: str
+    status: ResultStatus
+    size: int = 0
+    created_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A task to create: its payload (already stored) and its result keys."""
+
+    payload: BlobRef
+    expected_outputs: Sequence[str]
+    data_dependencies: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class TaskRefusal:
+    """Why one task of a creation request was not created."""
+
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One agent's hold on one task, valid while its lease is renewed in time."""
+
+    task: TaskRecord
+    agent_id: str
+    # Unguessable; the worker's communication token for this attempt.
+    token: str
+    lease_expires_at: datetime
+
+
+class Backend(abc.ABC):
+    """What agents and control planes need from shared state."""
+
+    # -- life of the backend ------------------------------------------------------
+
+    async def close(self) -> None:  # noqa: B027 - most backends have nothing to close
+        """Release connections; the stored state stays."""
+
+    # -- sessions -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_session(
+        self, default_options: objects_pb2.TaskOptions, partition_ids: Sequence[str]
+    ) -> SessionRecord:
+        """A new RUNNING session."""
+
+    @abc.abstractmethod
+    async def get_session(self, session_id: str) -> SessionRecord:
+        """Raises ``NotFound``."""
+
+    @abc.abstractmethod
+    async def cancel_session(self, session_id: str) -> SessionRecord:
+        """Mark it CANCELLED and cancel every task of it that is not final.
+
+        Raises ``NotFound``; cancelling a cancelled session changes nothing.
+        """
+
+    # -- blobs --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def write_blob(self, chunks: AsyncIterable[bytes]) -> BlobRef:
+        """Store the chunks as one blob, never holding it whole."""
+
+    @abc.abstractmethod
+    def read_blob(self, blob_id: str) -> AsyncIterator[bytes]:
+        """The blob's chunks as written. Raises ``NotFound`` when iterated."""
+
+    # -- creating tasks -----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def submit_tasks(
+        self,
+        session_id: str,
+        tasks: Sequence[NewTask],
+        options: objects_pb2.TaskOptions | None = None,
+    ) -> list[TaskRecord | TaskRefusal]:
+        """Create tasks of a client, one answer per task, in order.
+
+        ``options`` are merged over the session's defaults field by field. Each
+        expected output becomes a result of the session owned by its task; a key
+        that already exists in the session refuses that task. Each data dependency
+        must be a result of the session or an expected output of an earlier task of
+        the same request; otherwise that task is refused. A task whose dependencies
+        are all COMPLETED is SUBMITTED (queued), otherwise it stays CREATING until
+        they are. Raises ``NotFound`` for an unknown session and ``SessionCancelled``
+        for a cancelled one; a refused task stores nothing.
+        """
+
+    # -- the agent's side ---------------------------------------------------------
+
+    @abc.abstractmethod
+    async def acquire(
+        self, agent_id: str, partition_id: str, lease: timedelta
+    ) -> Attempt | None:
+        """Take the next SUBMITTED task of the partition, or None if there is none.
+
+        Highest priority first, then oldest. The task becomes DISPATCHED, owned by
+        ``agent_id`` until the lease expires, and the attempt gets a fresh token.
+        """
+
+    @abc.abstractmethod
+    async def start(self, attempt: Attempt) -> None:
+        """DISPATCHED -> PROCESSING. Raises ``LeaseLost``."""
+
+    @abc.abstractmethod
+    async def renew(self, attempt: Attempt, lease: timedelta) -> Attempt:
+        """Extend the lease. Raises ``LeaseLost``, or ``TaskCancelled`` when the
+        task was cancelled meanwhile (the agent must stop the attempt)."""
+
+    @abc.abstractmethod
+    async def stage_result(self, attempt: Attempt, key: str, data: BlobRef) -> None:
+        """Keep ``data`` as the value of ``key`` if the attempt commits.
+
+        Raises ``NotOwned`` unless the attempt's task owns ``key`` now (a key it
+        delegated to a subtask is no longer its own). Staging a key again replaces
+        the earlier value.
+        """
+
+    @abc.abstractmethod
+    async def stage_subtasks(
+        self,
+        attempt: Attempt,
+        tasks: Sequence[NewTask],
+        options: objects_pb2.TaskOptions | None = None,
+    ) -> list[TaskRecord | TaskRefusal]:
+        """Create subtasks that become visible only if the attempt commits.
+
+        As ``submit_tasks``, with two differences: an expected output that the
+        parent owns is delegated (its ownership moves to the subtask at commit),
+        and the subtasks stay CREATING until then.
+        """
+
+    @abc.abstractmethod
+    async def complete(self, attempt: Attempt) -> TaskRecord:
+        """Commit the attempt in one transaction.
+
+        Staged results become COMPLETED; delegated outputs change owner; staged
+        subtasks are SUBMITTED or wait for their dependencies; the task becomes
+        COMPLETED; tasks that waited on the new results are queued when nothing
+        else is missing. Raises ``LeaseLost`` when the attempt is no longer the
+        task's (a late commit), ``TaskCancelled`` when the task was cancelled, and
+        ``MissingOutputs`` when an output the task owns is neither staged nor
+        delegated; in every case nothing is committed.
+        """
+
+    @abc.abstractmethod
+    async def fail(
+        self, attempt: Attempt, error: str, status: TaskStatus = TaskStatus.ERROR
+    ) -> TaskRecord:
+        """End the attempt as ERROR or TIMEOUT, discarding what it staged.
+
+        If the task has retries left, a new task with the same payload, data
+        dependencies and outputs is queued; it is returned. Otherwise its outputs
+        are ABORTED, and so, transitively, are the tasks that depend on them (ERROR,
+        with a message naming the aborted dependency); the failed task is returned.
+        Raises ``LeaseLost`` for an attempt that is no longer the task's.
+        """
+
+    @abc.abstractmethod
+    async def release(self, attempt: Attempt) -> None:
+        """Put the task back in the queue without consuming a retry."""
+
+    @abc.abstractmethod
+    async def recover_expired(self, now: datetime | None = None) -> list[str]:
+        """Fail every attempt whose lease has expired, as ``fail`` does.
+
+        Returns the ids of the tasks that were recovered.
+        """
+
+    # -- reading and cancelling ---------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_task(self, task_id: str) -> TaskRecord:
+        """Raises ``NotFound``."""
+
+    @abc.abstractmethod
+    async def get_result(self, session_id: str, key: str) -> ResultRecord:
+        """Raises ``NotFound``."""
+
+    @abc.abstractmethod
+    def read_result(self, session_id: str, key: str) -> AsyncIterator[bytes]:
+        """The data of a COMPLETED result. Raises ``NotFound`` or ``NotCompleted``."""
+
+    @abc.abstractmethod
+    async def cancel_tasks(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+        """Cancel tasks that are not final; their outputs are ABORTED.
+
+        A DISPATCHED or PROCESSING task becomes CANCELLING: its agent sees it on
+        its next renewal, stops the attempt, and the task ends CANCELLED. Others
+        become CANCELLED at once. Raises ``NotFound`` for an unknown id, before
+        cancelling anything.
+        """
+
+    @abc.abstractmethod
+    async def mark_cancelled(self, attempt: Attempt) -> TaskRecord:
+        """CANCELLING -> CANCELLED once the agent has stopped the attempt."""
+
+    # -- resources ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_resource(self, key: str, data: BlobRef) -> None:
+        """Set or replace the resource blob ``key``."""
+
+    @abc.abstractmethod
+    def read_resource(self, key: str) -> AsyncIterator[bytes]:
+        """Raises ``NotFound`` when iterated."""
+
+    @abc.abstractmethod
+    async def list_resources(self) -> dict[str, int]:
+        """Every resource key with its size in bytes."""
+
+    @abc.abstractmethod
+    async def delete_resource(self, key: str) -> None:
+        """Raises ``NotFound``."""
