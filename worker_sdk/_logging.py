@@ -29,11 +29,14 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """One line per record, its ``extra`` fields as key=value after the message;
+    a traceback, if any, follows on the next lines."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        text = super().formatMessage(record)
         extras = _extras(record)
         if extras:
             text += " " + " ".join(f"{k}={v}" for k, v in extras.items())

@@ -12,7 +12,7 @@ from typing import Any
 
 from worker_sdk import _metrics
 from worker_sdk._agent import AgentPort
-from worker_sdk._errors import KernelNotFound, OutputError
+from worker_sdk._errors import AgentError, KernelNotFound, OutputError
 from worker_sdk._handler import TaskHandler, is_async
 from worker_sdk._model import Configuration, TaskOptions
 from worker_sdk._process import TaskInput
@@ -134,13 +134,20 @@ class Runner:
             else:
                 loop = asyncio.get_running_loop()
                 returned = await loop.run_in_executor(self._executor, function, task)
+        except Exception as error:
+            logger.exception(
+                "task %s: kernel %s raised", task.task_id, name, extra=extra
+            )
+            return Outcome(name, _describe_exception(error))
+        try:
             await self._deliver(task, returned)
-        except OutputError as error:
+        except (OutputError, AgentError) as error:
+            # Not the kernel's code failing: a traceback would point nowhere useful.
             logger.error("task %s: %s", task.task_id, error, extra=extra)
             return Outcome(name, _describe_exception(error))
         except Exception as error:
             logger.exception(
-                "task %s: kernel %s raised", task.task_id, name, extra=extra
+                "task %s: sending its output failed", task.task_id, extra=extra
             )
             return Outcome(name, _describe_exception(error))
         return Outcome(name)

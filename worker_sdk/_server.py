@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
-import stat
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,8 +17,9 @@ from worker_sdk import _metrics
 from worker_sdk._address import DEFAULT_AGENT_ADDRESS, DEFAULT_WORKER_ADDRESS, Address
 from worker_sdk._agent import CHANNEL_OPTIONS, AgentClient, AgentPort
 from worker_sdk._data import DEFAULT_CHUNK_SIZE, DEFAULT_SPILL_THRESHOLD
-from worker_sdk._errors import ProtocolError, WorkerSdkError
+from worker_sdk._errors import ProtocolError
 from worker_sdk._handler import TaskHandler
+from worker_sdk._listen import listen
 from worker_sdk._process import read_task
 from worker_sdk._runner import Outcome, Runner
 
@@ -29,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 _Serving = worker_common_pb2.HealthCheckReply.ServingStatus
 _Context = grpc.aio.ServicerContext[Any, Any]
+
+# How long a finished task waits for the agent to close its Process stream.
+_HALF_CLOSE_WAIT = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,17 +111,7 @@ class WorkerServer(worker_service_pb2_grpc.WorkerServicer):
         server = grpc.aio.server(options=CHANNEL_OPTIONS)
         worker_service_pb2_grpc.add_WorkerServicer_to_server(self, server)
         address = self.config.address
-        if address.kind == "unix":
-            _prepare_socket_path(address.target)
-        # Owner-only from the moment the socket file exists: no window with wider modes.
-        previous_umask = os.umask(0o077)
-        try:
-            self.port = server.add_insecure_port(address.grpc_target)
-            await server.start()
-        finally:
-            os.umask(previous_umask)
-        if address.kind == "unix":
-            os.chmod(address.target, 0o600)
+        self.port = await listen(server, address)
         self._server = server
         logger.info(
             "worker listening on %s, agent at %s", address, self.config.agent_address
@@ -196,47 +187,33 @@ class WorkerServer(worker_service_pb2_grpc.WorkerServicer):
             len(v) for v in task_input.data_dependencies.values()
         )
         _metrics.BYTES_IN.inc(size)
-        # Whatever follows last_data is a protocol error; watch for it while the
-        # kernel runs rather than wait for the agent to half-close first.
+        # Whatever follows last_data is a protocol error. Watch for it while the
+        # kernel runs, and for the agent's half-close once it is done.
         trailing = asyncio.ensure_future(reader.expect_end())
         try:
             outcome = await self._runner.run(task_input)
         finally:
             task_input.release()
-        if not trailing.done():
-            trailing.cancel()
-        elif isinstance(trailing.exception(), ProtocolError):
-            await self._refuse(context, trailing.exception())  # type: ignore[arg-type]
+        await self._check_end(trailing, context)
         return _reply(task_input.token, outcome)
+
+    async def _check_end(
+        self, trailing: asyncio.Future[None], context: _Context
+    ) -> None:
+        try:
+            await asyncio.wait_for(trailing, _HALF_CLOSE_WAIT)
+        except ProtocolError as error:
+            await self._refuse(context, error)
+        except asyncio.TimeoutError:
+            # An agent that never half-closes still gets its reply, only later.
+            logger.warning(
+                "the agent did not close the Process stream within %.0fs of "
+                "last_data; replying anyway",
+                _HALF_CLOSE_WAIT,
+            )
 
     async def _refuse(self, context: _Context, error: ProtocolError) -> NoReturn:
         logger.warning("Process stream refused: %s", error)
         _metrics.TASKS.labels(kernel="", outcome="invalid").inc()
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         raise AssertionError("unreachable: abort raises")
-
-
-def _prepare_socket_path(path: str) -> None:
-    """Make room for a new socket at ``path``, replacing a stale one only."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = target.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise WorkerSdkError(
-            f"{path} exists and is not a socket: refusing to replace it"
-        )
-    if _socket_accepts(path):
-        raise WorkerSdkError(f"another process is already listening on {path}")
-    target.unlink()
-
-
-def _socket_accepts(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
-    return True
