@@ -94,6 +94,13 @@ async def _serve(handler: TaskHandler, config: WorkerConfig) -> None:
     show_default=True,
 )
 @click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="At info, one line per task.",
+)
+@click.option(
     "--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics here."
 )
 @click.option(
@@ -118,13 +125,14 @@ def main(
     worker_socket_type: str | None,
     agent_socket_type: str | None,
     log_format: str,
+    log_level: str,
     metrics_port: int | None,
     kernel_threads: int,
     spill_threshold: int,
     spill_dir: str | None,
 ) -> None:
     """Serve the TaskHandler HANDLER (MODULE:CLASS) to the pod's agent."""
-    _logging.configure(log_format)
+    _logging.configure(log_format, log_level.upper())
     config = WorkerConfig(
         address=_parse(address, worker_socket_type, "--address"),
         agent_address=_parse(agent, agent_socket_type, "--agent"),

@@ -76,6 +76,9 @@ class DataSink:
             self._map = mmap.mmap(
                 self._file.fileno(), self.size, access=mmap.ACCESS_READ
             )
+            if hasattr(mmap, "MADV_SEQUENTIAL"):
+                # Kernels mostly read data front to back: read ahead, drop behind.
+                self._map.madvise(mmap.MADV_SEQUENTIAL)
             self._view = memoryview(self._map)
             return self._view
         if self._buffer is not None:

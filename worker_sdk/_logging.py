@@ -43,8 +43,14 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-def configure(log_format: str, level: int = logging.INFO) -> None:
+def configure(log_format: str, level: int | str = logging.INFO) -> None:
     """Send every log line to stderr in ``log_format`` (``text`` or ``json``)."""
+    # One line per task sits on the hot path: skip the caller lookup and the
+    # thread and process fields that no format here prints.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 from prometheus_client import Counter, Gauge, Histogram
 
 TASKS = Counter(
@@ -24,3 +27,21 @@ BYTES_OUT = Counter(
     "Result bytes sent to the agent (returned values and send_result calls).",
 )
 IN_FLIGHT = Gauge("gridpod_worker_tasks_in_flight", "Tasks being processed now.")
+INVALID = TASKS.labels(kernel="", outcome="invalid")
+
+
+@dataclass(frozen=True)
+class KernelMetrics:
+    ok: Counter
+    errors: Counter
+    seconds: Histogram
+
+
+@functools.cache
+def for_kernel(kernel: str) -> KernelMetrics:
+    """The labelled series of one kernel, looked up once (``labels`` takes a lock)."""
+    return KernelMetrics(
+        ok=TASKS.labels(kernel=kernel, outcome="ok"),
+        errors=TASKS.labels(kernel=kernel, outcome="error"),
+        seconds=KERNEL_SECONDS.labels(kernel=kernel),
+    )

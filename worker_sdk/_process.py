@@ -21,6 +21,9 @@ from worker_sdk._errors import ProtocolError
 
 ComputeRequest = worker_common_pb2.ProcessRequest.ComputeRequest
 
+# A first chunk up to this size may stay in init_request beside its copy.
+_SMALL_FIRST_CHUNK = 64 * 1024
+
 
 @dataclass
 class TaskInput:
@@ -48,8 +51,10 @@ def _describe(compute: ComputeRequest) -> str:
 
 
 def _without_payload(init: ComputeRequest.InitRequest) -> ComputeRequest.InitRequest:
-    # A fresh message, so that the first payload chunk is not kept alive twice: once
-    # in the payload's sink and once in the arena of the request that carried it.
+    # A fresh message, so that a large first payload chunk is not kept alive twice:
+    # once in the payload's sink and once in the arena of the request that carried it.
+    if init.payload.ByteSize() <= _SMALL_FIRST_CHUNK:
+        return init
     copy = ComputeRequest.InitRequest(
         session_id=init.session_id,
         task_id=init.task_id,

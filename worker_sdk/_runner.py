@@ -14,7 +14,7 @@ from worker_sdk import _metrics
 from worker_sdk._agent import AgentPort
 from worker_sdk._errors import AgentError, KernelNotFound, OutputError
 from worker_sdk._handler import TaskHandler, is_async
-from worker_sdk._model import Configuration, TaskOptions
+from worker_sdk._model import Configuration
 from worker_sdk._process import TaskInput
 from worker_sdk._task import Task
 
@@ -84,7 +84,7 @@ class Runner:
         return Task(
             session_id=init.session_id,
             task_id=init.task_id,
-            options=TaskOptions.from_proto(init.task_options),
+            options=init.task_options,
             payload=task_input.payload,
             data_dependencies=task_input.data_dependencies,
             expected_outputs=list(init.expected_output_keys),
@@ -99,19 +99,19 @@ class Runner:
         extra: dict[str, Any] = {"session_id": task.session_id, "task_id": task.task_id}
         started = time.perf_counter()
         try:
-            name, function = self.handler.resolve_kernel(task.options.kernel)
+            kernel = task_input.init.task_options.options.get("kernel") or None
+            name, function = self.handler.resolve_kernel(kernel)
         except KernelNotFound as error:
             logger.warning("task %s refused: %s", task.task_id, error, extra=extra)
-            _metrics.TASKS.labels(kernel="", outcome="error").inc()
+            _metrics.for_kernel("").errors.inc()
             return Outcome(None, _describe_exception(error))
         extra["kernel"] = name
         await self._enter_session(task.session_id)
         outcome = await self._run_kernel(name, function, task, extra)
         elapsed = time.perf_counter() - started
-        _metrics.KERNEL_SECONDS.labels(kernel=name).observe(elapsed)
-        _metrics.TASKS.labels(
-            kernel=name, outcome="ok" if outcome.ok else "error"
-        ).inc()
+        metrics = _metrics.for_kernel(name)
+        metrics.seconds.observe(elapsed)
+        (metrics.ok if outcome.ok else metrics.errors).inc()
         extra.update(
             duration_ms=round(elapsed * 1000, 3), outcome=outcome.error or "ok"
         )

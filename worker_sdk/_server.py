@@ -103,6 +103,7 @@ class WorkerServer(worker_service_pb2_grpc.WorkerServicer):
         self._idle = asyncio.Event()
         self._idle.set()
         self._in_flight = 0
+        _metrics.IN_FLIGHT.set_function(lambda: self._in_flight)
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -162,11 +163,9 @@ class WorkerServer(worker_service_pb2_grpc.WorkerServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is draining")
         self._in_flight += 1
         self._idle.clear()
-        _metrics.IN_FLIGHT.inc()
         try:
             return await self._process(request_iterator, context)
         finally:
-            _metrics.IN_FLIGHT.dec()
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
@@ -189,7 +188,7 @@ class WorkerServer(worker_service_pb2_grpc.WorkerServicer):
         _metrics.BYTES_IN.inc(size)
         # Whatever follows last_data is a protocol error. Watch for it while the
         # kernel runs, and for the agent's half-close once it is done.
-        trailing = asyncio.ensure_future(reader.expect_end())
+        trailing = asyncio.get_running_loop().create_task(reader.expect_end())
         try:
             outcome = await self._runner.run(task_input)
         finally:
@@ -214,6 +213,6 @@ class WorkerServer(worker_service_pb2_grpc.WorkerServicer):
 
     async def _refuse(self, context: _Context, error: ProtocolError) -> NoReturn:
         logger.warning("Process stream refused: %s", error)
-        _metrics.TASKS.labels(kernel="", outcome="invalid").inc()
+        _metrics.INVALID.inc()
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         raise AssertionError("unreachable: abort raises")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from gridpod_api import objects_pb2
 from worker_sdk._agent import AgentPort, DataKind
 from worker_sdk._model import (
     Configuration,
@@ -35,7 +37,7 @@ class Task:
         *,
         session_id: str,
         task_id: str,
-        options: TaskOptions,
+        options: objects_pb2.TaskOptions,
         payload: memoryview,
         data_dependencies: Mapping[str, memoryview],
         expected_outputs: Sequence[str],
@@ -46,7 +48,7 @@ class Task:
     ) -> None:
         self.session_id = session_id
         self.task_id = task_id
-        self.options = options
+        self._options_message = options
         self.payload = payload
         self.data_dependencies: Mapping[str, memoryview] = MappingProxyType(
             dict(data_dependencies)
@@ -59,6 +61,11 @@ class Task:
         self._loop_thread = threading.get_ident()
         self.sent: set[str] = set()
         self.delegated: set[str] = set()
+
+    @functools.cached_property
+    def options(self) -> TaskOptions:
+        """The task's options, the session's defaults merged in by the agent."""
+        return TaskOptions.from_proto(self._options_message)
 
     def __repr__(self) -> str:
         return f"<Task {self.task_id} of session {self.session_id}>"

@@ -1,0 +1,1 @@
+"""Benchmarks of the worker SDK, run as scripts: ``python bench/worker.py``."""
