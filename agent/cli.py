@@ -1,11 +1,292 @@
-"""The ``agent`` command."""
+"""The ``agent`` command: run the sidecar, and manage the resources it serves.
 
+Environment variables are read here and nowhere else in the package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import sys
+from collections.abc import AsyncIterator, Coroutine
+from datetime import timedelta
 from importlib.metadata import version
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import click
 
+from agent._config import AgentConfig
+from agent._errors import AgentError
+from agent._sidecar import Sidecar
+from agent.backend import Backend, NotFound, open_backend
+from worker_sdk import Address
+from worker_sdk._address import DEFAULT_AGENT_ADDRESS, DEFAULT_WORKER_ADDRESS
+from worker_sdk._errors import WorkerSdkError
+from worker_sdk._logging import configure as configure_logging
 
-@click.group()
+_CHUNK = 1024 * 1024
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop  # noqa: PLC0415 - absent on Windows
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+def _address(text: str, socket_type: str | None, what: str) -> Address:
+    try:
+        return Address.parse(text, socket_type)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint=what) from error
+
+
+def _open(url: str) -> Backend:
+    try:
+        return open_backend(url)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--backend") from error
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version("gridpod"), prog_name="agent")
 def main() -> None:
     """Run and operate the agent sidecar of an ArmoniK-compatible compute pod."""
+
+
+_backend_option = click.option(
+    "--backend",
+    "backend_url",
+    envvar="GRIDPOD_BACKEND",
+    required=True,
+    help="Shared state, e.g. sqlite:///var/lib/gridpod/state.db.",
+)
+
+
+@main.command()
+@_backend_option
+@click.option(
+    "--worker",
+    envvar="ComputePlane__WorkerChannel__Address",
+    default=DEFAULT_WORKER_ADDRESS,
+    show_default=True,
+    help="The worker's address: unix:///path, /path or host:port.",
+)
+@click.option(
+    "--listen",
+    envvar="ComputePlane__AgentChannel__Address",
+    default=DEFAULT_AGENT_ADDRESS,
+    show_default=True,
+    help="Where the Agent service listens for the worker.",
+)
+@click.option(
+    "--worker-socket-type",
+    envvar="ComputePlane__WorkerChannel__SocketType",
+    hidden=True,
+)
+@click.option(
+    "--agent-socket-type", envvar="ComputePlane__AgentChannel__SocketType", hidden=True
+)
+@click.option("--partition", default="", help="The partition whose tasks to take.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Tasks run at once on the worker.",
+)
+@click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    help="Serve /livez, /readyz and /metrics over HTTP on this port.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Same as --health-port (one endpoint serves both).",
+)
+@click.option(
+    "--lease",
+    type=click.FloatRange(0.1),
+    default=30.0,
+    show_default=True,
+    help="Lease in seconds.",
+)
+@click.option(
+    "--grace-period",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    help="Seconds running tasks get to finish on SIGTERM.",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1),
+    default=1024 * 1024,
+    show_default=True,
+    help="Chunk size of data streamed to the worker.",
+)
+@click.option(
+    "--agent-id", help="Name of this agent in task records (default: host-pid)."
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+)
+def run(
+    backend_url: str,
+    worker: str,
+    listen: str,
+    worker_socket_type: str | None,
+    agent_socket_type: str | None,
+    partition: str,
+    concurrency: int,
+    health_port: int | None,
+    metrics_port: int | None,
+    lease: float,
+    grace_period: float,
+    chunk_size: int,
+    agent_id: str | None,
+    log_format: str,
+) -> None:
+    """Pull tasks from BACKEND and run them on the worker beside this agent."""
+    configure_logging(log_format)
+    if (
+        health_port is not None
+        and metrics_port is not None
+        and health_port != metrics_port
+    ):
+        raise click.BadParameter(
+            "--health-port and --metrics-port name one endpoint: give one port",
+            param_hint="--metrics-port",
+        )
+    config = AgentConfig(
+        backend_url=backend_url,
+        worker_address=_address(worker, worker_socket_type, "--worker"),
+        listen_address=_address(listen, agent_socket_type, "--listen"),
+        partition_id=partition,
+        concurrency=concurrency,
+        health_port=health_port if health_port is not None else metrics_port,
+        lease=timedelta(seconds=lease),
+        grace_period=timedelta(seconds=grace_period),
+        data_chunk_max_size=chunk_size,
+    )
+    if agent_id:
+        config = dataclasses.replace(config, agent_id=agent_id)
+    _open(backend_url)  # fail fast on a bad URL, before the loop starts
+    try:
+        _run(_serve(config))
+    except (AgentError, WorkerSdkError) as error:
+        raise click.ClickException(str(error)) from error
+
+
+async def _serve(config: AgentConfig) -> None:
+    sidecar = Sidecar(config, open_backend(config.backend_url))
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, sidecar.drain)
+    await sidecar.run()
+
+
+# -- resources --------------------------------------------------------------------
+
+
+@main.group()
+def resources() -> None:
+    """Manage the blobs that GetResourceData serves to every session."""
+
+
+async def _file_chunks(stream: BinaryIO) -> AsyncIterator[bytes]:
+    while chunk := stream.read(_CHUNK):
+        yield chunk
+
+
+async def _put(backend: Backend, key: str, stream: BinaryIO) -> int:
+    try:
+        blob = await backend.write_blob(_file_chunks(stream))
+        await backend.put_resource(key, blob)
+        return blob.size
+    finally:
+        await backend.close()
+
+
+async def _get(backend: Backend, key: str, out: BinaryIO) -> None:
+    try:
+        async for chunk in backend.read_resource(key):
+            out.write(chunk)
+    finally:
+        await backend.close()
+
+
+async def _list(backend: Backend) -> dict[str, int]:
+    try:
+        return await backend.list_resources()
+    finally:
+        await backend.close()
+
+
+async def _delete(backend: Backend, key: str) -> None:
+    try:
+        await backend.delete_resource(key)
+    finally:
+        await backend.close()
+
+
+def _run_resource_command(main: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        return asyncio.run(main)
+    except NotFound as error:
+        raise click.ClickException(str(error)) from error
+
+
+@resources.command("put")
+@_backend_option
+@click.argument("key")
+@click.argument("source", type=click.File("rb"))
+def resources_put(backend_url: str, key: str, source: BinaryIO) -> None:
+    """Store SOURCE (a file, or - for stdin) as resource KEY."""
+    size = _run_resource_command(_put(_open(backend_url), key, source))
+    click.echo(f"{key}: {size} bytes")
+
+
+@resources.command("get")
+@_backend_option
+@click.argument("key")
+@click.argument(
+    "destination", type=click.Path(dir_okay=False, allow_dash=True), default="-"
+)
+def resources_get(backend_url: str, key: str, destination: str) -> None:
+    """Write resource KEY to DESTINATION (default: stdout)."""
+    if destination == "-":
+        _run_resource_command(_get(_open(backend_url), key, sys.stdout.buffer))
+        return
+    path = Path(destination)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with partial.open("wb") as out:
+            _run_resource_command(_get(_open(backend_url), key, out))
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@resources.command("ls")
+@_backend_option
+def resources_ls(backend_url: str) -> None:
+    """List resource keys with their sizes in bytes."""
+    for key, size in sorted(_run_resource_command(_list(_open(backend_url))).items()):
+        click.echo(f"{size}\t{key}")
+
+
+@resources.command("rm")
+@_backend_option
+@click.argument("key")
+def resources_rm(backend_url: str, key: str) -> None:
+    """Delete resource KEY."""
+    _run_resource_command(_delete(_open(backend_url), key))

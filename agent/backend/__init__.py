@@ -1,5 +1,7 @@
 """Shared state of the grid behind one interface: embedded (SQLite) or Redis."""
 
+from __future__ import annotations
+
 from agent.backend._base import (
     Attempt,
     Backend,
@@ -24,6 +26,7 @@ from agent.backend._errors import (
     SessionCancelled,
     TaskCancelled,
 )
+from agent.backend.sqlite import SqliteBackend
 
 __all__ = [
     "Attempt",
@@ -42,8 +45,33 @@ __all__ = [
     "SessionCancelled",
     "SessionRecord",
     "SessionStatus",
+    "SqliteBackend",
     "TaskCancelled",
     "TaskRecord",
     "TaskRefusal",
     "TaskStatus",
+    "open_backend",
 ]
+
+_SCHEMES = ("sqlite",)
+
+
+def open_backend(url: str) -> Backend:
+    """The backend that ``url`` names.
+
+    ``sqlite://PATH`` opens (or creates) the state file at PATH, everything after
+    ``sqlite://``: ``sqlite:///var/lib/gridpod/state.db`` is absolute,
+    ``sqlite://state.db`` relative to the working directory.
+    """
+    scheme, separator, _ = url.partition("://")
+    if not separator:
+        raise ValueError(
+            f"backend URL {url!r} has no scheme; supported schemes: "
+            + ", ".join(f"{s}://" for s in _SCHEMES)
+        )
+    if scheme == "sqlite":
+        return SqliteBackend.from_url(url)
+    raise ValueError(
+        f"unsupported backend URL scheme {scheme!r} in {url!r}; supported schemes: "
+        + ", ".join(f"{s}://" for s in _SCHEMES)
+    )

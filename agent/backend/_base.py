@@ -154,7 +154,7 @@ class TaskRefusal:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One agent's hold on one task, valid while its lease is renewed in time."""
+    """One agent's hold on one task; once its lease expires, it may be taken over."""
 
     task: TaskRecord
     agent_id: str
@@ -198,7 +198,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def read_blob(self, blob_id: str) -> AsyncIterator[bytes]:
-        """The blob's chunks as written. Raises ``NotFound`` when iterated."""
+        """The blob's chunks as written. Raises ``NotFound`` when iterated.
+
+        A blob is immutable; one that nothing references any more (a discarded staged
+        value or subtask payload, a replaced resource) may be deleted.
+        """
 
     # -- creating tasks -----------------------------------------------------------
 
@@ -217,8 +221,13 @@ class Backend(abc.ABC):
         must be a result of the session or an expected output of an earlier task of
         the same request; otherwise that task is refused. A task whose dependencies
         are all COMPLETED is SUBMITTED (queued), otherwise it stays CREATING until
-        they are. Raises ``NotFound`` for an unknown session and ``SessionCancelled``
-        for a cancelled one; a refused task stores nothing.
+        they are; one with an ABORTED dependency is created ERROR, its outputs
+        ABORTED. A task is also refused when it has no expected output, lists one
+        twice, depends on its own output, names an unknown payload blob, or when the
+        merged partition is not one of the session's (if it lists any; an empty
+        partition takes the session's first). Raises ``NotFound`` for an unknown
+        session and ``SessionCancelled`` for a cancelled one; a refused task stores
+        nothing.
         """
 
     # -- the agent's side ---------------------------------------------------------
@@ -247,8 +256,9 @@ class Backend(abc.ABC):
         """Keep ``data`` as the value of ``key`` if the attempt commits.
 
         Raises ``NotOwned`` unless the attempt's task owns ``key`` now (a key it
-        delegated to a subtask is no longer its own). Staging a key again replaces
-        the earlier value.
+        delegated to a subtask is no longer its own), ``NotFound`` for an unknown
+        blob, ``LeaseLost`` and ``TaskCancelled`` as ``complete``. Staging a key
+        again replaces the earlier value.
         """
 
     @abc.abstractmethod
@@ -260,9 +270,14 @@ class Backend(abc.ABC):
     ) -> list[TaskRecord | TaskRefusal]:
         """Create subtasks that become visible only if the attempt commits.
 
-        As ``submit_tasks``, with two differences: an expected output that the
-        parent owns is delegated (its ownership moves to the subtask at commit),
-        and the subtasks stay CREATING until then.
+        As ``submit_tasks``, with these differences: an expected output that the
+        parent owns and has not sent is delegated (its ownership moves to the
+        subtask at commit); a dependency may also be a result created by an earlier
+        subtask of the same attempt; the subtasks stay CREATING until the commit,
+        which queues them, or fails those whose dependency was aborted meanwhile.
+        Staged subtasks and the results they create are invisible to ``acquire``,
+        ``get_result`` and ``read_result`` until then, and are deleted if the
+        attempt does not commit.
         """
 
     @abc.abstractmethod
@@ -288,18 +303,26 @@ class Backend(abc.ABC):
         dependencies and outputs is queued; it is returned. Otherwise its outputs
         are ABORTED, and so, transitively, are the tasks that depend on them (ERROR,
         with a message naming the aborted dependency); the failed task is returned.
-        Raises ``LeaseLost`` for an attempt that is no longer the task's.
+        Raises ``LeaseLost`` for an attempt that is no longer the task's, and
+        ``TaskCancelled``, changing nothing, when the task was cancelled (end the
+        attempt with ``mark_cancelled``).
         """
 
     @abc.abstractmethod
     async def release(self, attempt: Attempt) -> None:
-        """Put the task back in the queue without consuming a retry."""
+        """Put the task back in the queue without consuming a retry.
+
+        What the attempt staged is discarded. A task cancelled meanwhile ends
+        CANCELLED instead. Raises ``LeaseLost``.
+        """
 
     @abc.abstractmethod
     async def recover_expired(self, now: datetime | None = None) -> list[str]:
         """Fail every attempt whose lease has expired, as ``fail`` does.
 
-        Returns the ids of the tasks that were recovered.
+        An attempt stays valid after its lease expires until this ends it. A task
+        cancelled meanwhile ends CANCELLED. Returns the ids of the tasks that were
+        recovered.
         """
 
     # -- reading and cancelling ---------------------------------------------------
@@ -322,13 +345,18 @@ class Backend(abc.ABC):
 
         A DISPATCHED or PROCESSING task becomes CANCELLING: its agent sees it on
         its next renewal, stops the attempt, and the task ends CANCELLED. Others
-        become CANCELLED at once. Raises ``NotFound`` for an unknown id, before
-        cancelling anything.
+        become CANCELLED at once. Final tasks are left as they are. Returns the
+        records after cancellation, in order. Raises ``NotFound`` for an unknown
+        id, before cancelling anything.
         """
 
     @abc.abstractmethod
     async def mark_cancelled(self, attempt: Attempt) -> TaskRecord:
-        """CANCELLING -> CANCELLED once the agent has stopped the attempt."""
+        """CANCELLING -> CANCELLED once the agent has stopped the attempt.
+
+        What the attempt staged is discarded. Raises ``LeaseLost``, and
+        ``BackendError`` when the task is not being cancelled.
+        """
 
     # -- resources ----------------------------------------------------------------
 

@@ -1,0 +1,410 @@
+"""The task loop: acquire, read ahead, run on the worker, commit or fail.
+
+One reader acquires tasks ahead of the slots (as many as there are slots), so the
+next task's data is in memory while the current one computes. A keeper renews the
+lease of every task the agent holds, and stops an attempt whose task was cancelled
+or whose lease was lost. Each slot runs one task at a time on the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import grpc
+
+from agent import _metrics
+from agent._config import AgentConfig
+from agent._registry import AttemptRegistry
+from agent._worker import TaskData, WorkerLink
+from agent.backend import (
+    Attempt,
+    Backend,
+    BackendError,
+    LeaseLost,
+    MissingOutputs,
+    TaskCancelled,
+    TaskStatus,
+)
+from gridpod_api import worker_common_pb2
+
+__all__ = ["TaskLoop"]
+
+logger = logging.getLogger(__name__)
+
+StopReason = Literal["cancelled", "lease-lost", "draining"]
+
+# Codes after which the worker is checked again before it gets another task.
+_WORKER_DOWN = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+
+
+@dataclass(eq=False)
+class _Held:
+    """A task this agent holds, queued for a slot or running."""
+
+    attempt: Attempt
+    data: TaskData | None
+    acquired: float
+    runner: asyncio.Task[worker_common_pb2.ProcessReply] | None = None
+    stop_reason: StopReason | None = None
+
+    def stop(self, reason: StopReason) -> None:
+        self.stop_reason = self.stop_reason or reason
+        if self.runner is not None:
+            self.runner.cancel()
+
+
+def _extra(attempt: Attempt, **more: object) -> dict[str, object]:
+    task = attempt.task
+    return {
+        "session_id": task.session_id,
+        "task_id": task.task_id,
+        "attempt": task.attempt,
+        **more,
+    }
+
+
+class TaskLoop:
+    def __init__(
+        self,
+        config: AgentConfig,
+        backend: Backend,
+        worker: WorkerLink,
+        registry: AttemptRegistry,
+    ) -> None:
+        self._config = config
+        self._backend = backend
+        self._worker = worker
+        self._registry = registry
+        self._ready: asyncio.Queue[_Held] = asyncio.Queue(maxsize=config.concurrency)
+        self._held: dict[str, _Held] = {}
+        self._running: set[_Held] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._draining = asyncio.Event()
+        self._worker_ok = asyncio.Event()
+        self._health_check: asyncio.Task[None] | None = None
+        self.ready = False
+
+    # -- running and stopping -----------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve tasks until ``drain`` is called and the running ones are done."""
+        await self._check_worker()
+        helpers = [
+            asyncio.create_task(self._read_ahead(), name="read-ahead"),
+            asyncio.create_task(self._keep_leases(), name="lease-keeper"),
+            asyncio.create_task(self._recover(), name="lease-recovery"),
+        ]
+        slots = [
+            asyncio.create_task(self._slot(), name=f"slot-{n}")
+            for n in range(self._config.concurrency)
+        ]
+        try:
+            await self._draining.wait()
+            await self._release_queued()
+            await self._wait_for_running()
+        finally:
+            for task in helpers + slots:
+                task.cancel()
+            await asyncio.gather(*helpers, *slots, return_exceptions=True)
+            await self._release_queued()
+
+    def drain(self) -> None:
+        if not self._draining.is_set():
+            logger.info("draining: %d task(s) held", len(self._held))
+        self.ready = False
+        self._draining.set()
+
+    async def _wait_for_running(self) -> None:
+        grace = self._config.grace_period.total_seconds()
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except asyncio.TimeoutError:
+            logger.warning(
+                "grace period of %.1fs over: releasing %d running task(s)",
+                grace,
+                len(self._running),
+            )
+            for held in list(self._running):
+                held.stop("draining")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), 10)
+
+    async def _release_queued(self) -> None:
+        while not self._ready.empty():
+            held = self._ready.get_nowait()
+            await self._release(held)
+
+    async def _release(self, held: _Held) -> None:
+        self._held.pop(held.attempt.token, None)
+        with contextlib.suppress(BackendError):
+            await self._backend.release(held.attempt)
+            self._log(held.attempt, "released", TaskStatus.SUBMITTED)
+
+    # -- the worker's health ------------------------------------------------------
+
+    async def _check_worker(self) -> None:
+        self.ready = False
+        self._worker_ok.clear()
+        config = self._config
+        await self._worker.wait_healthy(
+            config.health_backoff_initial, config.health_backoff_max
+        )
+        self._worker_ok.set()
+        self.ready = not self._draining.is_set()
+
+    def _worker_failed(self) -> None:
+        if self._worker_ok.is_set():
+            self._worker_ok.clear()
+            self.ready = False
+            self._health_check = asyncio.create_task(
+                self._check_worker(), name="worker-health"
+            )
+
+    # -- acquiring ahead ----------------------------------------------------------
+
+    async def _read_ahead(self) -> None:
+        delay = 0.001
+        while not self._draining.is_set():
+            await self._worker_ok.wait()
+            attempt = await self._acquire()
+            if attempt is None:
+                # An empty queue: back off up to the idle poll interval.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._config.idle_poll.total_seconds())
+                continue
+            delay = 0.001
+            held = _Held(attempt, await self._maybe_read(attempt), time.monotonic())
+            self._held[attempt.token] = held
+            await self._ready.put(held)
+
+    async def _acquire(self) -> Attempt | None:
+        try:
+            attempt = await self._backend.acquire(
+                self._config.agent_id, self._config.partition_id, self._config.lease
+            )
+        except BackendError:
+            logger.exception("acquiring a task failed")
+            await asyncio.sleep(self._config.idle_poll.total_seconds())
+            return None
+        if attempt is not None:
+            self._note_acquired(attempt)
+        return attempt
+
+    def _note_acquired(self, attempt: Attempt) -> None:
+        task = attempt.task
+        if task.submitted_at is not None and task.acquired_at is not None:
+            wait = (task.acquired_at - task.submitted_at).total_seconds()
+            _metrics.QUEUE_WAIT_SECONDS.observe(max(wait, 0.0))
+        self._log(attempt, "acquired", TaskStatus.DISPATCHED)
+
+    async def _maybe_read(self, attempt: Attempt) -> TaskData | None:
+        """Read small task data ahead; large data is streamed when the task runs."""
+        task = attempt.task
+        if task.payload.size > self._config.prefetch_max_size:
+            return None
+        total = task.payload.size
+        for key in task.data_dependencies:
+            result = await self._backend.get_result(task.session_id, key)
+            total += result.size
+        if total > self._config.prefetch_max_size:
+            return None
+        return await self._worker.read_ahead(attempt)
+
+    # -- leases -------------------------------------------------------------------
+
+    async def _keep_leases(self) -> None:
+        period = self._config.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(period)
+            for held in list(self._held.values()):
+                await self._renew(held)
+
+    async def _renew(self, held: _Held) -> None:
+        try:
+            held.attempt = await self._backend.renew(held.attempt, self._config.lease)
+        except TaskCancelled:
+            held.stop("cancelled")
+        except LeaseLost:
+            held.stop("lease-lost")
+        except BackendError:
+            logger.exception(
+                "renewing the lease of %s failed", held.attempt.task.task_id
+            )
+
+    async def _recover(self) -> None:
+        period = self._config.lease.total_seconds() / 2
+        while True:
+            await asyncio.sleep(period)
+            try:
+                recovered = await self._backend.recover_expired()
+            except BackendError:
+                logger.exception("recovering expired leases failed")
+                continue
+            for task_id in recovered:
+                logger.warning("task %s: lease expired, recovered", task_id)
+
+    # -- running ------------------------------------------------------------------
+
+    async def _slot(self) -> None:
+        while True:
+            held = await self._ready.get()
+            await self._worker_ok.wait()
+            if self._draining.is_set():
+                await self._release(held)
+                continue
+            self._running.add(held)
+            self._idle.clear()
+            try:
+                await self._run(held)
+            finally:
+                self._held.pop(held.attempt.token, None)
+                self._running.discard(held)
+                if not self._running:
+                    self._idle.set()
+
+    async def _run(self, held: _Held) -> None:
+        attempt = held.attempt
+        if held.stop_reason is not None:
+            await self._after_stop(held)
+            return
+        try:
+            await self._backend.start(attempt)
+        except LeaseLost:
+            logger.warning("task %s: lease lost before start", attempt.task.task_id)
+            return
+        self._log(attempt, "processing", TaskStatus.PROCESSING)
+        max_duration = attempt.task.options.max_duration
+        timeout = max_duration.ToTimedelta().total_seconds() or None
+        self._registry.add(attempt)
+        _metrics.RUNNING.inc()
+        held.runner = asyncio.create_task(
+            self._worker.process(attempt, held.data, timeout)
+        )
+        held.data = None  # streamed: drop the read-ahead copy with the call
+        try:
+            reply = await held.runner
+        except asyncio.CancelledError:
+            if held.stop_reason is None:
+                raise
+            await self._after_stop(held)
+            return
+        except grpc.aio.AioRpcError as error:
+            await self._worker_error(held, error)
+            return
+        finally:
+            _metrics.RUNNING.dec()
+            self._registry.remove(attempt)
+        await self._finish(held, reply)
+
+    async def _after_stop(self, held: _Held) -> None:
+        attempt = held.attempt
+        if held.stop_reason == "cancelled":
+            with contextlib.suppress(BackendError):
+                await self._backend.mark_cancelled(attempt)
+                self._log(attempt, "cancelled", TaskStatus.CANCELLED, held)
+        elif held.stop_reason == "draining":
+            await self._release(held)
+        else:
+            logger.warning(
+                "task %s: lease lost, attempt abandoned",
+                attempt.task.task_id,
+                extra=_extra(attempt),
+            )
+
+    async def _worker_error(self, held: _Held, error: grpc.aio.AioRpcError) -> None:
+        if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            timeout = held.attempt.task.options.max_duration.ToTimedelta()
+            message = f"the task exceeded its max_duration of {timeout}"
+            await self._fail(held, message, TaskStatus.TIMEOUT)
+            return
+        message = f"the worker failed: {error.code().name}: {error.details()}"
+        await self._fail(held, message, TaskStatus.ERROR)
+        if error.code() in _WORKER_DOWN:
+            self._worker_failed()
+
+    async def _finish(self, held: _Held, reply: worker_common_pb2.ProcessReply) -> None:
+        output = reply.output
+        if output.WhichOneof("type") != "ok":
+            details = output.error.details if output.HasField("error") else ""
+            await self._fail(held, details or "the worker replied with no output")
+            return
+        attempt = held.attempt
+        try:
+            await self._backend.complete(attempt)
+        except MissingOutputs as error:
+            await self._fail(held, str(error))
+            return
+        except TaskCancelled:
+            held.stop_reason = "cancelled"
+            await self._after_stop(held)
+            return
+        except LeaseLost:
+            logger.warning(
+                "task %s: commit refused, the lease was lost",
+                attempt.task.task_id,
+                extra=_extra(attempt),
+            )
+            return
+        self._log(attempt, "completed", TaskStatus.COMPLETED, held)
+
+    async def _fail(
+        self, held: _Held, message: str, status: TaskStatus = TaskStatus.ERROR
+    ) -> None:
+        attempt = held.attempt
+        try:
+            record = await self._backend.fail(attempt, message, status)
+        except TaskCancelled:
+            held.stop_reason = "cancelled"
+            await self._after_stop(held)
+            return
+        except LeaseLost:
+            logger.warning(
+                "task %s: failure not recorded, the lease was lost",
+                attempt.task.task_id,
+            )
+            return
+        self._log(attempt, f"failed: {message}", status, held)
+        if record.task_id != attempt.task.task_id:
+            _metrics.RETRIES.inc()
+            logger.info(
+                "task %s retried as %s",
+                attempt.task.task_id,
+                record.task_id,
+                extra=_extra(attempt, retry_task_id=record.task_id),
+            )
+
+    # -- reporting ----------------------------------------------------------------
+
+    def _log(
+        self,
+        attempt: Attempt,
+        what: str,
+        status: TaskStatus,
+        held: _Held | None = None,
+    ) -> None:
+        _metrics.TRANSITIONS.labels(status=status.name).inc()
+        duration = time.monotonic() - held.acquired if held is not None else 0.0
+        if held is not None and status.is_final:
+            _metrics.TASK_SECONDS.observe(duration)
+        logger.info(
+            "task %s attempt %d %s",
+            attempt.task.task_id,
+            attempt.task.attempt,
+            what,
+            extra=_extra(
+                attempt, status=status.name, duration_ms=round(duration * 1000, 3)
+            ),
+        )

@@ -1,0 +1,159 @@
+"""The agent's side of the worker channel: health checks and Process streams."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import grpc
+
+from agent import _metrics
+from agent.backend import Attempt, Backend
+from gridpod_api import objects_pb2, worker_common_pb2, worker_service_pb2_grpc
+from worker_sdk import Address
+from worker_sdk._agent import CHANNEL_OPTIONS
+from worker_sdk._data import iter_chunks
+
+logger = logging.getLogger(__name__)
+
+_Compute = worker_common_pb2.ProcessRequest.ComputeRequest
+_Serving = worker_common_pb2.HealthCheckReply.ServingStatus
+
+
+@dataclass
+class TaskData:
+    """A task's payload and data dependencies, when read ahead into memory."""
+
+    payload: list[bytes] = field(default_factory=list)
+    dependencies: dict[str, list[bytes]] = field(default_factory=dict)
+
+
+class WorkerLink:
+    """Talks to the one worker of the pod."""
+
+    def __init__(self, address: Address, backend: Backend, chunk_size: int) -> None:
+        self._channel = grpc.aio.insecure_channel(
+            address.grpc_target, options=CHANNEL_OPTIONS
+        )
+        self._stub = worker_service_pb2_grpc.WorkerStub(self._channel)
+        self._backend = backend
+        self._chunk_size = chunk_size
+        self.address = address
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def is_healthy(self, timeout: float = 2.0) -> bool:
+        """SERVING, or a worker that does not implement health checks at all."""
+        try:
+            reply = await self._stub.HealthCheck(objects_pb2.Empty(), timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            return error.code() == grpc.StatusCode.UNIMPLEMENTED
+        return bool(reply.status == _Serving.SERVING)
+
+    async def wait_healthy(self, initial: timedelta, ceiling: timedelta) -> None:
+        """Return once the worker is healthy, checking with exponential backoff."""
+        delay = initial.total_seconds()
+        while not await self.is_healthy():
+            _metrics.WORKER_UP.set(0)
+            logger.info(
+                "worker at %s is not serving; next check in %.2fs", self.address, delay
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, ceiling.total_seconds())
+        _metrics.WORKER_UP.set(1)
+
+    async def process(
+        self, attempt: Attempt, data: TaskData | None, timeout: float | None
+    ) -> worker_common_pb2.ProcessReply:
+        """Run the attempt on the worker; raises grpc.aio.AioRpcError on failure."""
+        call = self._stub.Process(self._requests(attempt, data), timeout=timeout)
+        reply: worker_common_pb2.ProcessReply = await call
+        return reply
+
+    async def read_ahead(self, attempt: Attempt) -> TaskData:
+        """Read the payload and data dependencies of ``attempt`` into memory."""
+        task = attempt.task
+        data = TaskData()
+        async for chunk in self._backend.read_blob(task.payload.blob_id):
+            data.payload.append(chunk)
+        for key in task.data_dependencies:
+            data.dependencies[key] = [
+                c async for c in self._backend.read_result(task.session_id, key)
+            ]
+        return data
+
+    async def _chunks(
+        self, stored: AsyncIterator[bytes] | list[bytes]
+    ) -> AsyncIterator[bytes]:
+        if isinstance(stored, list):
+            for chunk in stored:
+                for piece in iter_chunks(chunk, self._chunk_size):
+                    yield piece
+            return
+        async for chunk in stored:
+            for piece in iter_chunks(chunk, self._chunk_size):
+                yield piece
+
+    def _payload_source(
+        self, attempt: Attempt, data: TaskData | None
+    ) -> AsyncIterator[bytes]:
+        if data is not None:
+            return self._chunks(data.payload)
+        return self._chunks(self._backend.read_blob(attempt.task.payload.blob_id))
+
+    def _dependency_source(
+        self, attempt: Attempt, data: TaskData | None, key: str
+    ) -> AsyncIterator[bytes]:
+        if data is not None:
+            return self._chunks(data.dependencies[key])
+        return self._chunks(self._backend.read_result(attempt.task.session_id, key))
+
+    async def _requests(
+        self, attempt: Attempt, data: TaskData | None
+    ) -> AsyncIterator[worker_common_pb2.ProcessRequest]:
+        token = attempt.token
+        task = attempt.task
+        payload = self._payload_source(attempt, data)
+        first = await anext(payload, None)
+        init = _Compute.InitRequest(
+            configuration=objects_pb2.Configuration(
+                data_chunk_max_size=self._chunk_size
+            ),
+            session_id=task.session_id,
+            task_id=task.task_id,
+            task_options=task.options,
+            expected_output_keys=task.expected_outputs,
+        )
+        # As the reference agent: the first chunk rides in init_request, and an
+        # empty payload leaves that field unset.
+        if first is not None:
+            init.payload.data = first
+        sent = len(first or b"")
+        yield _request(token, init_request=init)
+        async for chunk in payload:
+            sent += len(chunk)
+            yield _request(token, payload=objects_pb2.DataChunk(data=chunk))
+        yield _request(token, payload=objects_pb2.DataChunk(data_complete=True))
+        for key in task.data_dependencies:
+            yield _request(token, init_data=_Compute.InitData(key=key))
+            empty = True
+            async for chunk in self._dependency_source(attempt, data, key):
+                empty = False
+                sent += len(chunk)
+                yield _request(token, data=objects_pb2.DataChunk(data=chunk))
+            if empty:
+                yield _request(token, data=objects_pb2.DataChunk(data=b""))
+            yield _request(token, data=objects_pb2.DataChunk(data_complete=True))
+        yield _request(token, init_data=_Compute.InitData(last_data=True))
+        _metrics.BYTES_TO_WORKER.inc(sent)
+
+
+def _request(token: str, **compute: object) -> worker_common_pb2.ProcessRequest:
+    return worker_common_pb2.ProcessRequest(
+        communication_token=token,
+        compute=_Compute(**compute),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,1512 @@
+"""The embedded backend: one SQLite file shared by the agents and control planes of
+a host.
+
+Open it with ``open_backend("sqlite:///var/lib/gridpod/state.db")``: the path is all
+that follows ``sqlite://``, so ``sqlite:///abs/state.db`` names ``/abs/state.db`` and
+``sqlite://state.db`` a file relative to the working directory. The file and its
+schema are created on first use; any number of processes of the host may open it.
+
+Every transition is one ``BEGIN IMMEDIATE`` transaction. SQLite admits one writer at a
+time across processes, so two agents never take the same task, and a process that
+dies mid-transition leaves nothing of it. The journal is a write-ahead log (readers
+never wait for the writer) with ``synchronous=NORMAL``: a power cut may lose the last
+transitions but never corrupts the file. A writer that finds the file locked waits up
+to ``busy_timeout``. Each backend instance keeps its one connection on a thread of its
+own, so the event loop never waits on the disk or on another process's lock; each
+operation is one hop to that thread and, if it writes, one transaction.
+
+An attempt stays its task's until it ends or until ``recover_expired`` ends it: a
+lapsed lease only allows another process to take the task over, so a slow agent's
+commit is still accepted if nobody has.
+
+Schema (``PRAGMA user_version`` = 1); timestamps are Unix seconds, lists are JSON:
+
+``sessions``
+    One row per session: status, default options (a serialized ``TaskOptions``) and
+    the partitions its tasks may run in.
+``blobs``, ``blob_chunks``
+    A blob is a ``blobs`` row (its size and chunk count, NULL while it is being
+    written) and its chunks, one row each under the primary key (blob, seq). Chunks
+    are inserted as they arrive, about 1 MiB per transaction, and read back lazily in
+    batches of the same size.
+``tasks``
+    One row per task; a retry is a new row. Besides the record's fields it keeps the
+    merged options' partition, priority and retry budget as columns, the count of
+    data dependencies not yet completed (``missing_deps``), the lease (``token``,
+    ``owner_agent_id``, ``lease_expires_at``), and ``staged_by``: the id of the parent
+    whose running attempt created it, until that attempt commits. Indexes:
+    ``tasks_queue`` on (partition, priority DESC, created) for SUBMITTED rows only
+    serves ``acquire``; ``tasks_leased`` on the lease expiry of leased rows serves
+    ``recover_expired``; ``tasks_staged`` finds an attempt's subtasks at commit or
+    discard; ``tasks_by_session`` serves ``cancel_session``; ``tasks_by_payload`` tells
+    whether a blob is still referenced.
+``results``
+    One row per result, keyed by (session, key): its owner task, status, data blob,
+    ``pending_owner`` (a subtask the owner delegated it to, effective when the
+    owner's attempt commits) and ``staged_by`` (as in ``tasks``, for a result that a
+    staged subtask created). Indexes: ``results_by_owner`` (the outputs a task must
+    produce, abort or hand to its retry), ``results_staged`` and ``results_by_blob``.
+``dependencies``
+    One row per (session, key, task) while ``task`` waits for result ``key``. When a
+    result completes, its rows are deleted and exactly those tasks' ``missing_deps``
+    drop; a task reaching zero is queued in the same transaction. When a result is
+    aborted, the waiting tasks fail instead. Nothing polls.
+``staged_results``
+    The values an attempt sent, keyed by (task, key); moved into ``results`` by the
+    commit, deleted (with their blobs) when the attempt fails or is released.
+``resources``
+    Operator-provisioned blobs by key.
+
+A blob that no row references any more (a discarded staged value or subtask payload,
+a replaced resource) is deleted in the transaction that drops the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import json
+import logging
+import os
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from agent.backend._base import (
+    Attempt,
+    Backend,
+    BlobRef,
+    NewTask,
+    ResultRecord,
+    ResultStatus,
+    SessionRecord,
+    SessionStatus,
+    TaskRecord,
+    TaskRefusal,
+    TaskStatus,
+)
+from agent.backend._errors import (
+    BackendError,
+    LeaseLost,
+    MissingOutputs,
+    NotCompleted,
+    NotFound,
+    NotOwned,
+    SessionCancelled,
+    TaskCancelled,
+)
+from agent.backend._options import merge_options
+from gridpod_api import objects_pb2
+
+__all__ = ["SqliteBackend"]
+
+logger = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+_SCHEMA_VERSION = 1
+# RETURNING and UPDATE ... FROM keep most transitions to a few statements.
+_MIN_SQLITE = (3, 35, 0)
+# Bounds what one transaction writes and one read hop returns of a blob.
+_BATCH_BYTES = 1 << 20
+_BATCH_CHUNKS = 256
+
+_CREATING = f"{TaskStatus.CREATING:d}"
+_SUBMITTED = f"{TaskStatus.SUBMITTED:d}"
+_DISPATCHED = f"{TaskStatus.DISPATCHED:d}"
+_PROCESSING = f"{TaskStatus.PROCESSING:d}"
+_CANCELLING = f"{TaskStatus.CANCELLING:d}"
+_LEASED = f"{_DISPATCHED}, {_PROCESSING}, {_CANCELLING}"
+_UNFINISHED = f"{_CREATING}, {_SUBMITTED}, {_DISPATCHED}, {_PROCESSING}"
+_R_CREATED = f"{ResultStatus.CREATED:d}"
+_R_COMPLETED = f"{ResultStatus.COMPLETED:d}"
+_R_ABORTED = f"{ResultStatus.ABORTED:d}"
+
+_SCHEMA = (
+    """CREATE TABLE sessions (
+        session_id TEXT PRIMARY KEY,
+        status INTEGER NOT NULL,
+        default_options BLOB NOT NULL,
+        partition_ids TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        cancelled_at REAL
+    )""",
+    """CREATE TABLE blobs (
+        blob_id TEXT PRIMARY KEY,
+        size INTEGER,
+        chunk_count INTEGER
+    )""",
+    """CREATE TABLE blob_chunks (
+        blob_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (blob_id, seq)
+    )""",
+    """CREATE TABLE tasks (
+        task_id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        partition_id TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        max_retries INTEGER NOT NULL,
+        options BLOB NOT NULL,
+        payload_blob TEXT NOT NULL,
+        payload_size INTEGER NOT NULL,
+        data_dependencies TEXT NOT NULL,
+        expected_outputs TEXT NOT NULL,
+        parent_task_ids TEXT NOT NULL,
+        retry_of_ids TEXT NOT NULL,
+        missing_deps INTEGER NOT NULL,
+        staged_by TEXT,
+        status_message TEXT NOT NULL DEFAULT '',
+        owner_agent_id TEXT NOT NULL DEFAULT '',
+        token TEXT,
+        lease_expires_at REAL,
+        created_at REAL NOT NULL,
+        submitted_at REAL,
+        acquired_at REAL,
+        started_at REAL,
+        ended_at REAL
+    )""",
+    f"""CREATE INDEX tasks_queue ON tasks (partition_id, priority DESC, created_at)
+        WHERE status = {_SUBMITTED}""",
+    """CREATE INDEX tasks_leased ON tasks (lease_expires_at)
+        WHERE lease_expires_at IS NOT NULL""",
+    "CREATE INDEX tasks_staged ON tasks (staged_by) WHERE staged_by IS NOT NULL",
+    "CREATE INDEX tasks_by_session ON tasks (session_id)",
+    "CREATE INDEX tasks_by_payload ON tasks (payload_blob)",
+    """CREATE TABLE results (
+        session_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        owner_task_id TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        blob_id TEXT,
+        size INTEGER NOT NULL DEFAULT 0,
+        pending_owner TEXT,
+        staged_by TEXT,
+        created_at REAL NOT NULL,
+        completed_at REAL,
+        PRIMARY KEY (session_id, key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX results_by_owner ON results (owner_task_id)",
+    "CREATE INDEX results_staged ON results (staged_by) WHERE staged_by IS NOT NULL",
+    "CREATE INDEX results_by_blob ON results (blob_id) WHERE blob_id IS NOT NULL",
+    """CREATE TABLE dependencies (
+        session_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        PRIMARY KEY (session_id, key, task_id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE staged_results (
+        task_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        blob_id TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        PRIMARY KEY (task_id, key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX staged_results_by_blob ON staged_results (blob_id)",
+    """CREATE TABLE resources (
+        key TEXT PRIMARY KEY,
+        blob_id TEXT NOT NULL,
+        size INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX resources_by_blob ON resources (blob_id)",
+)
+
+# The rowid breaks ties between tasks created in one transaction: creation order.
+_ACQUIRE = f"""
+UPDATE tasks SET status = {_DISPATCHED}, owner_agent_id = ?, token = ?,
+    lease_expires_at = ?, acquired_at = ?
+WHERE rowid = (
+    SELECT rowid FROM tasks WHERE partition_id = ? AND status = {_SUBMITTED}
+    ORDER BY priority DESC, created_at, rowid LIMIT 1)
+RETURNING *"""
+
+_INSERT_TASK = """
+INSERT INTO tasks (task_id, session_id, status, partition_id, priority, max_retries,
+    options, payload_blob, payload_size, data_dependencies, expected_outputs,
+    parent_task_ids, retry_of_ids, missing_deps, staged_by, status_message,
+    created_at, submitted_at, ended_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', ?, ?, ?, ?, ?, ?)
+RETURNING *"""
+
+_INSERT_RETRY = f"""
+INSERT INTO tasks (task_id, session_id, status, partition_id, priority, max_retries,
+    options, payload_blob, payload_size, data_dependencies, expected_outputs,
+    parent_task_ids, retry_of_ids, missing_deps, created_at, submitted_at)
+SELECT ?1, session_id, {_SUBMITTED}, partition_id, priority, max_retries, options,
+    payload_blob, payload_size, data_dependencies, expected_outputs, parent_task_ids,
+    json_insert(retry_of_ids, '$[#]', task_id), 0, ?2, ?2
+FROM tasks WHERE task_id = ?3
+RETURNING *"""
+
+_UNSENT_OUTPUTS = f"""
+SELECT key FROM results AS r
+WHERE owner_task_id = ?1 AND status = {_R_CREATED} AND pending_owner IS NULL
+    AND NOT EXISTS (
+        SELECT 1 FROM staged_results AS s WHERE s.task_id = ?1 AND s.key = r.key)
+ORDER BY key"""
+
+# Both statements are driven by the attempt's few staged rows, looked up by key, so
+# that their cost does not grow with the session.
+_COMMIT_STAGED_RESULTS = f"""
+UPDATE results SET status = {_R_COMPLETED}, completed_at = ?3,
+    blob_id = (SELECT blob_id FROM staged_results
+        WHERE task_id = ?1 AND key = results.key),
+    size = (SELECT size FROM staged_results WHERE task_id = ?1 AND key = results.key)
+WHERE session_id = ?2 AND status = {_R_CREATED}
+    AND key IN (SELECT key FROM staged_results WHERE task_id = ?1)"""
+
+# Each waiting task loses one missing dependency per completed key it waits for, and
+# is queued when that was the last one (SET expressions see the row before update).
+# CROSS JOIN keeps staged_results as the outer loop.
+_PUSH_TO_DEPENDENTS = f"""
+WITH done AS (
+    SELECT d.task_id, count(*) AS n
+    FROM staged_results AS s CROSS JOIN dependencies AS d
+        ON d.session_id = ?2 AND d.key = s.key
+    WHERE s.task_id = ?1 GROUP BY d.task_id)
+UPDATE tasks SET
+    missing_deps = missing_deps - done.n,
+    status = CASE WHEN missing_deps = done.n AND status = {_CREATING}
+        AND staged_by IS NULL THEN {_SUBMITTED} ELSE status END,
+    submitted_at = CASE WHEN missing_deps = done.n AND status = {_CREATING}
+        AND staged_by IS NULL THEN ?3 ELSE submitted_at END
+FROM done WHERE tasks.task_id = done.task_id"""
+
+_DROP_DEPENDENCY_EDGES = """
+DELETE FROM dependencies WHERE session_id = ?2
+    AND key IN (SELECT key FROM staged_results WHERE task_id = ?1)"""
+
+_BLOB_REFERENCED = """
+SELECT EXISTS (SELECT 1 FROM tasks WHERE payload_blob = ?1)
+    OR EXISTS (SELECT 1 FROM results WHERE blob_id = ?1)
+    OR EXISTS (SELECT 1 FROM staged_results WHERE blob_id = ?1)
+    OR EXISTS (SELECT 1 FROM resources WHERE blob_id = ?1)"""
+
+_END_ATTEMPT = """
+UPDATE tasks SET status = ?, status_message = ?, ended_at = ?, token = NULL,
+    lease_expires_at = NULL
+WHERE task_id = ? RETURNING *"""
+
+
+def _timestamp(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, timezone.utc)
+
+
+def _iso(value: float) -> str:
+    return datetime.fromtimestamp(value, timezone.utc).isoformat()
+
+
+def _session_record(row: sqlite3.Row) -> SessionRecord:
+    return SessionRecord(
+        session_id=row["session_id"],
+        status=SessionStatus(row["status"]),
+        default_options=objects_pb2.TaskOptions.FromString(row["default_options"]),
+        partition_ids=tuple(json.loads(row["partition_ids"])),
+        created_at=datetime.fromtimestamp(row["created_at"], timezone.utc),
+        cancelled_at=_timestamp(row["cancelled_at"]),
+    )
+
+
+def _task_record(row: sqlite3.Row) -> TaskRecord:
+    return TaskRecord(
+        task_id=row["task_id"],
+        session_id=row["session_id"],
+        status=TaskStatus(row["status"]),
+        options=objects_pb2.TaskOptions.FromString(row["options"]),
+        payload=BlobRef(row["payload_blob"], row["payload_size"]),
+        data_dependencies=tuple(json.loads(row["data_dependencies"])),
+        expected_outputs=tuple(json.loads(row["expected_outputs"])),
+        parent_task_ids=tuple(json.loads(row["parent_task_ids"])),
+        retry_of_ids=tuple(json.loads(row["retry_of_ids"])),
+        status_message=row["status_message"],
+        owner_agent_id=row["owner_agent_id"],
+        created_at=_timestamp(row["created_at"]),
+        submitted_at=_timestamp(row["submitted_at"]),
+        acquired_at=_timestamp(row["acquired_at"]),
+        started_at=_timestamp(row["started_at"]),
+        ended_at=_timestamp(row["ended_at"]),
+    )
+
+
+def _result_record(row: sqlite3.Row) -> ResultRecord:
+    return ResultRecord(
+        session_id=row["session_id"],
+        key=row["key"],
+        owner_task_id=row["owner_task_id"],
+        status=ResultStatus(row["status"]),
+        size=row["size"],
+        created_at=_timestamp(row["created_at"]),
+        completed_at=_timestamp(row["completed_at"]),
+    )
+
+
+def _aborted_dependency_message(key: str) -> str:
+    return f"data dependency {key!r} was aborted"
+
+
+def _one(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> sqlite3.Row | None:
+    # fetchall steps the statement to its end, so no statement is left in progress.
+    rows = db.execute(sql, params).fetchall()
+    return rows[0] if rows else None
+
+
+def _column(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    return [row[0] for row in db.execute(sql, params).fetchall()]
+
+
+class _Transition:
+    """Steps shared by the transitions, inside one open transaction."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.now = time.time()
+
+    # -- reading ------------------------------------------------------------------
+
+    def session(self, session_id: str) -> sqlite3.Row:
+        row = _one(
+            self.db, "SELECT * FROM sessions WHERE session_id = ?", (session_id,)
+        )
+        if row is None:
+            raise NotFound(f"no session {session_id!r}")
+        return row
+
+    def task(self, task_id: str) -> sqlite3.Row:
+        row = _one(self.db, "SELECT * FROM tasks WHERE task_id = ?", (task_id,))
+        if row is None:
+            raise NotFound(f"no task {task_id!r}")
+        return row
+
+    def attempt(self, attempt: Attempt, *, cancelling_ok: bool = False) -> sqlite3.Row:
+        """The attempt's task row, if the attempt is still the task's."""
+        task_id = attempt.task.task_id
+        row = _one(self.db, "SELECT * FROM tasks WHERE task_id = ?", (task_id,))
+        leased = (TaskStatus.DISPATCHED, TaskStatus.PROCESSING, TaskStatus.CANCELLING)
+        if row is None or row["token"] != attempt.token or row["status"] not in leased:
+            raise LeaseLost(
+                f"the attempt of agent {attempt.agent_id!r} on task {task_id} is no "
+                "longer the task's: it ended, or its lease expired and was recovered"
+            )
+        if row["status"] == TaskStatus.CANCELLING and not cancelling_ok:
+            raise TaskCancelled(
+                f"task {task_id} was cancelled: stop the attempt and mark it cancelled"
+            )
+        return row
+
+    def blob_size(self, blob_id: str) -> int:
+        size = _column(
+            self.db,
+            "SELECT size FROM blobs WHERE blob_id = ? AND size IS NOT NULL",
+            (blob_id,),
+        )
+        if not size:
+            raise NotFound(f"no blob {blob_id!r}")
+        return int(size[0])
+
+    def open_outputs(self, task_id: str) -> list[str]:
+        """The results the task owns that are neither completed nor aborted."""
+        return _column(
+            self.db,
+            "SELECT key FROM results "
+            f"WHERE owner_task_id = ? AND status = {_R_CREATED}",
+            (task_id,),
+        )
+
+    # -- ending attempts ----------------------------------------------------------
+
+    def end_attempt(
+        self, task_id: str, status: TaskStatus, message: str = ""
+    ) -> sqlite3.Row:
+        row = _one(self.db, _END_ATTEMPT, (status, message, self.now, task_id))
+        assert row is not None  # the caller holds the task's row in this transaction
+        return row
+
+    def fail(self, row: sqlite3.Row, error: str, status: TaskStatus) -> sqlite3.Row:
+        """End a running attempt as failed; retry it if it has retries left."""
+        task_id = row["task_id"]
+        self.discard_staged(task_id)
+        failed = self.end_attempt(task_id, status, error)
+        if len(json.loads(row["retry_of_ids"])) < row["max_retries"]:
+            return self.retry(task_id)
+        self.abort(row["session_id"], self.open_outputs(task_id))
+        return failed
+
+    def retry(self, task_id: str) -> sqlite3.Row:
+        retry_id = str(uuid.uuid4())
+        row = _one(self.db, _INSERT_RETRY, (retry_id, self.now, task_id))
+        assert row is not None
+        self.db.execute(
+            "UPDATE results SET owner_task_id = ? WHERE owner_task_id = ?",
+            (retry_id, task_id),
+        )
+        return row
+
+    def end_cancelled(self, row: sqlite3.Row) -> sqlite3.Row:
+        self.discard_staged(row["task_id"])
+        return self.end_attempt(row["task_id"], TaskStatus.CANCELLED)
+
+    def discard_staged(self, task_id: str) -> None:
+        """Forget what the task's attempt staged: results, subtasks, delegations."""
+        blobs = _column(
+            self.db,
+            "DELETE FROM staged_results WHERE task_id = ? RETURNING blob_id",
+            (task_id,),
+        )
+        subtasks = self.db.execute(
+            "DELETE FROM tasks WHERE staged_by = ? "
+            "RETURNING session_id, task_id, data_dependencies, payload_blob",
+            (task_id,),
+        ).fetchall()
+        if subtasks:
+            self.db.execute("DELETE FROM results WHERE staged_by = ?", (task_id,))
+            self.db.execute(
+                "UPDATE results SET pending_owner = NULL "
+                "WHERE owner_task_id = ? AND pending_owner IS NOT NULL",
+                (task_id,),
+            )
+            self.db.executemany(
+                "DELETE FROM dependencies "
+                "WHERE session_id = ? AND key = ? AND task_id = ?",
+                [
+                    (sub["session_id"], key, sub["task_id"])
+                    for sub in subtasks
+                    for key in json.loads(sub["data_dependencies"])
+                ],
+            )
+            blobs += [sub["payload_blob"] for sub in subtasks]
+        self.drop_blobs(blobs)
+
+    def drop_blobs(self, blob_ids: Iterable[str]) -> None:
+        for blob_id in set(blob_ids):
+            if _column(self.db, _BLOB_REFERENCED, (blob_id,))[0]:
+                continue
+            self.db.execute("DELETE FROM blob_chunks WHERE blob_id = ?", (blob_id,))
+            self.db.execute("DELETE FROM blobs WHERE blob_id = ?", (blob_id,))
+
+    # -- results ------------------------------------------------------------------
+
+    def abort(self, session_id: str, keys: Iterable[str]) -> None:
+        """Abort the results and, transitively, fail the tasks waiting for them."""
+        pending = list(keys)
+        while pending:
+            key = pending.pop()
+            aborted = self.db.execute(
+                f"UPDATE results SET status = {_R_ABORTED} "
+                f"WHERE session_id = ? AND key = ? AND status = {_R_CREATED}",
+                (session_id, key),
+            )
+            if aborted.rowcount:
+                pending += self._fail_waiting(session_id, key)
+
+    def _fail_waiting(self, session_id: str, key: str) -> list[str]:
+        """Fail the tasks waiting for the aborted ``key``; their open outputs."""
+        outputs: list[str] = []
+        waiting = _column(
+            self.db,
+            "DELETE FROM dependencies WHERE session_id = ? AND key = ? "
+            "RETURNING task_id",
+            (session_id, key),
+        )
+        # A staged subtask is left alone: its parent's commit checks its dependencies.
+        for task_id in waiting:
+            failed = self.db.execute(
+                f"UPDATE tasks SET status = {TaskStatus.ERROR:d}, status_message = ?, "
+                f"ended_at = ? WHERE task_id = ? AND status = {_CREATING} "
+                "AND staged_by IS NULL",
+                (_aborted_dependency_message(key), self.now, task_id),
+            )
+            if failed.rowcount:
+                outputs += self.open_outputs(task_id)
+        return outputs
+
+    def commit_staged_results(self, task_id: str, session_id: str) -> None:
+        self.db.execute(_COMMIT_STAGED_RESULTS, (task_id, session_id, self.now))
+        self.db.execute(_PUSH_TO_DEPENDENTS, (task_id, session_id, self.now))
+        self.db.execute(_DROP_DEPENDENCY_EDGES, (task_id, session_id))
+        self.db.execute("DELETE FROM staged_results WHERE task_id = ?", (task_id,))
+
+    # -- subtasks and cancellation ------------------------------------------------
+
+    def unstage_subtasks(self, task_id: str) -> list[str]:
+        subtasks = _column(
+            self.db,
+            "UPDATE tasks SET staged_by = NULL WHERE staged_by = ? RETURNING task_id",
+            (task_id,),
+        )
+        if subtasks:
+            self.db.execute(
+                "UPDATE results SET staged_by = NULL WHERE staged_by = ?", (task_id,)
+            )
+            self.db.execute(
+                "UPDATE results "
+                "SET owner_task_id = pending_owner, pending_owner = NULL "
+                "WHERE owner_task_id = ? AND pending_owner IS NOT NULL",
+                (task_id,),
+            )
+        return subtasks
+
+    def activate(self, task_id: str) -> None:
+        """Queue a just-committed subtask, or fail it if a dependency was aborted."""
+        row = self.task(task_id)
+        status = TaskStatus(row["status"])
+        if status.is_final:
+            # Cancelled while staged: what it was delegated cannot be produced.
+            self.abort(row["session_id"], self.open_outputs(task_id))
+            return
+        if status != TaskStatus.CREATING:
+            return
+        aborted = self._aborted_dependency(row)
+        if aborted is not None:
+            self.end_attempt(
+                task_id, TaskStatus.ERROR, _aborted_dependency_message(aborted)
+            )
+            self.abort(row["session_id"], self.open_outputs(task_id))
+        elif row["missing_deps"] == 0:
+            self.db.execute(
+                f"UPDATE tasks SET status = {_SUBMITTED}, submitted_at = ? "
+                "WHERE task_id = ?",
+                (self.now, task_id),
+            )
+
+    def _aborted_dependency(self, row: sqlite3.Row) -> str | None:
+        keys = _column(
+            self.db,
+            "SELECT key FROM results WHERE session_id = ? "
+            f"AND key IN (SELECT value FROM json_each(?)) AND status = {_R_ABORTED}",
+            (row["session_id"], row["data_dependencies"]),
+        )
+        return keys[0] if keys else None
+
+    def cancel(self, row: sqlite3.Row) -> None:
+        status = row["status"]
+        if status in (TaskStatus.CREATING, TaskStatus.SUBMITTED):
+            self.db.execute(
+                f"UPDATE tasks SET status = {TaskStatus.CANCELLED:d}, ended_at = ? "
+                "WHERE task_id = ?",
+                (self.now, row["task_id"]),
+            )
+        elif status in (TaskStatus.DISPATCHED, TaskStatus.PROCESSING):
+            self.db.execute(
+                f"UPDATE tasks SET status = {_CANCELLING} WHERE task_id = ?",
+                (row["task_id"],),
+            )
+        else:
+            return
+        self.abort(row["session_id"], self.open_outputs(row["task_id"]))
+
+
+class _Creation:
+    """One request creating tasks: a client's submission or an attempt's subtasks."""
+
+    def __init__(
+        self,
+        step: _Transition,
+        session: sqlite3.Row,
+        options: objects_pb2.TaskOptions | None,
+        parent: sqlite3.Row | None = None,
+    ) -> None:
+        self._step = step
+        self._db = step.db
+        self._session_id: str = session["session_id"]
+        self._parent_id: str | None = None if parent is None else parent["task_id"]
+        lineage = [] if parent is None else json.loads(parent["parent_task_ids"])
+        self._lineage = json.dumps(lineage + ([self._parent_id] if parent else []))
+        defaults = objects_pb2.TaskOptions.FromString(session["default_options"])
+        self._options = merge_options(defaults, options)
+        partitions = json.loads(session["partition_ids"])
+        if not self._options.partition_id and partitions:
+            self._options.partition_id = partitions[0]
+        self._options_blob = self._options.SerializeToString(deterministic=True)
+        self._refusal: str | None = None
+        if partitions and self._options.partition_id not in partitions:
+            self._refusal = (
+                f"partition {self._options.partition_id!r} is not one of session "
+                f"{self._session_id}'s partitions {partitions}"
+            )
+
+    def create(self, index: int, task: NewTask) -> TaskRecord | TaskRefusal:
+        if self._refusal is not None:
+            return TaskRefusal(index, self._refusal)
+        outputs = self._plan_outputs(task)
+        if isinstance(outputs, str):
+            return TaskRefusal(index, outputs)
+        dependencies = self._dependency_statuses(task)
+        if isinstance(dependencies, str):
+            return TaskRefusal(index, dependencies)
+        try:
+            payload_size = self._step.blob_size(task.payload.blob_id)
+        except NotFound:
+            return TaskRefusal(index, f"no payload blob {task.payload.blob_id!r}")
+        new_keys, delegated = outputs
+        return self._insert(task, payload_size, new_keys, delegated, dependencies)
+
+    def _plan_outputs(self, task: NewTask) -> tuple[list[str], list[str]] | str:
+        """The outputs to create and those to delegate, or why the task is refused."""
+        keys = list(task.expected_outputs)
+        if not keys:
+            return "a task needs at least one expected output"
+        if len(set(keys)) != len(keys):
+            return f"expected outputs listed more than once: {keys}"
+        new_keys: list[str] = []
+        delegated: list[str] = []
+        for key in keys:
+            row = _one(
+                self._db,
+                "SELECT owner_task_id, status, pending_owner FROM results "
+                "WHERE session_id = ? AND key = ?",
+                (self._session_id, key),
+            )
+            if row is None:
+                new_keys.append(key)
+                continue
+            refusal = self._delegation_refusal(key, row)
+            if refusal is not None:
+                return refusal
+            delegated.append(key)
+        return new_keys, delegated
+
+    def _delegation_refusal(self, key: str, row: sqlite3.Row) -> str | None:
+        exists = f"result {key!r} already exists in session {self._session_id}"
+        if self._parent_id is None or row["owner_task_id"] != self._parent_id:
+            return exists
+        if row["pending_owner"] is not None:
+            return f"{exists}; it was already delegated to task {row['pending_owner']}"
+        sent = _one(
+            self._db,
+            "SELECT 1 FROM staged_results WHERE task_id = ? AND key = ?",
+            (self._parent_id, key),
+        )
+        if row["status"] != ResultStatus.CREATED or sent is not None:
+            return f"{exists}; task {self._parent_id} already sent it"
+        return None
+
+    def _dependency_statuses(self, task: NewTask) -> dict[str, ResultStatus] | str:
+        statuses: dict[str, ResultStatus] = {}
+        for key in task.data_dependencies:
+            if key in task.expected_outputs:
+                return f"the task depends on its own expected output {key!r}"
+            row = _one(
+                self._db,
+                "SELECT status FROM results WHERE session_id = ? AND key = ? "
+                "AND (staged_by IS NULL OR staged_by = ?)",
+                (self._session_id, key, self._parent_id),
+            )
+            if row is None:
+                return (
+                    f"data dependency {key!r} is not a result of session "
+                    f"{self._session_id}"
+                )
+            statuses[key] = ResultStatus(row["status"])
+        return statuses
+
+    def _initial_status(
+        self, dependencies: dict[str, ResultStatus]
+    ) -> tuple[TaskStatus, str]:
+        # A staged subtask waits for its parent's commit, which decides for it.
+        if self._parent_id is not None:
+            return TaskStatus.CREATING, ""
+        for key, status in dependencies.items():
+            if status == ResultStatus.ABORTED:
+                return TaskStatus.ERROR, _aborted_dependency_message(key)
+        if ResultStatus.CREATED in dependencies.values():
+            return TaskStatus.CREATING, ""
+        return TaskStatus.SUBMITTED, ""
+
+    def _insert(
+        self,
+        task: NewTask,
+        payload_size: int,
+        new_keys: list[str],
+        delegated: list[str],
+        dependencies: dict[str, ResultStatus],
+    ) -> TaskRecord:
+        task_id = str(uuid.uuid4())
+        now = self._step.now
+        status, message = self._initial_status(dependencies)
+        missing = [k for k, s in dependencies.items() if s == ResultStatus.CREATED]
+        row = _one(
+            self._db,
+            _INSERT_TASK,
+            (
+                task_id,
+                self._session_id,
+                status,
+                self._options.partition_id,
+                self._options.priority,
+                self._options.max_retries,
+                self._options_blob,
+                task.payload.blob_id,
+                payload_size,
+                json.dumps(list(task.data_dependencies)),
+                json.dumps(list(task.expected_outputs)),
+                self._lineage,
+                len(missing),
+                self._parent_id,
+                message,
+                now,
+                now if status == TaskStatus.SUBMITTED else None,
+                now if status.is_final else None,
+            ),
+        )
+        assert row is not None
+        self._store_outputs(task_id, status, new_keys, delegated)
+        if status == TaskStatus.CREATING:
+            self._db.executemany(
+                "INSERT INTO dependencies (session_id, key, task_id) VALUES (?, ?, ?)",
+                [(self._session_id, key, task_id) for key in missing],
+            )
+        return _task_record(row)
+
+    def _store_outputs(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        new_keys: list[str],
+        delegated: list[str],
+    ) -> None:
+        aborted = status == TaskStatus.ERROR
+        result_status = ResultStatus.ABORTED if aborted else ResultStatus.CREATED
+        now = self._step.now
+        self._db.executemany(
+            "INSERT INTO results (session_id, key, owner_task_id, status, staged_by, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (self._session_id, key, task_id, result_status, self._parent_id, now)
+                for key in new_keys
+            ],
+        )
+        self._db.executemany(
+            "UPDATE results SET pending_owner = ? WHERE session_id = ? AND key = ?",
+            [(task_id, self._session_id, key) for key in delegated],
+        )
+
+
+def _enable_wal(db: sqlite3.Connection, deadline: float) -> None:
+    # Switching a new file to WAL takes an exclusive lock, and sqlite reports a busy
+    # file at once here rather than through the busy timeout.
+    while True:
+        try:
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+            continue
+        if mode != "wal":
+            raise BackendError(
+                f"cannot use a write-ahead log on this file (journal mode {mode!r}); "
+                "put the state file on a local filesystem"
+            )
+        return
+
+
+class _Store:
+    """The connection and every transition; used only on the backend's thread."""
+
+    def __init__(self, path: Path, busy_timeout: timedelta) -> None:
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise BackendError(
+                f"the embedded backend needs SQLite {'.'.join(map(str, _MIN_SQLITE))} "
+                f"or later; this Python links SQLite {sqlite3.sqlite_version}"
+            )
+        seconds = busy_timeout.total_seconds()
+        self._db = sqlite3.connect(path, timeout=seconds, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        _enable_wal(self._db, time.monotonic() + seconds)
+        with self._transaction() as db:
+            self._create_schema(db, path)
+
+    @staticmethod
+    def _create_schema(db: sqlite3.Connection, path: Path) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == _SCHEMA_VERSION:
+            return
+        if version != 0:
+            raise BackendError(
+                f"{path} holds state of schema version {version}; this agent knows "
+                f"version {_SCHEMA_VERSION}"
+            )
+        for statement in _SCHEMA:
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- sessions -----------------------------------------------------------------
+
+    def create_session(
+        self, default_options: objects_pb2.TaskOptions, partition_ids: list[str]
+    ) -> SessionRecord:
+        with self._transaction() as db:
+            row = _one(
+                db,
+                "INSERT INTO sessions (session_id, status, default_options, "
+                "partition_ids, created_at) VALUES (?, ?, ?, ?, ?) RETURNING *",
+                (
+                    str(uuid.uuid4()),
+                    SessionStatus.RUNNING,
+                    default_options.SerializeToString(deterministic=True),
+                    json.dumps(partition_ids),
+                    time.time(),
+                ),
+            )
+        assert row is not None
+        return _session_record(row)
+
+    def get_session(self, session_id: str) -> SessionRecord:
+        return _session_record(_Transition(self._db).session(session_id))
+
+    def cancel_session(self, session_id: str) -> SessionRecord:
+        with self._transaction() as db:
+            step = _Transition(db)
+            session = step.session(session_id)
+            if session["status"] == SessionStatus.CANCELLED:
+                return _session_record(session)
+            db.execute(
+                "UPDATE sessions SET status = ?, cancelled_at = ? WHERE session_id = ?",
+                (SessionStatus.CANCELLED, step.now, session_id),
+            )
+            # Staged subtasks go with their parent, which is cancelled here too.
+            tasks = db.execute(
+                "SELECT * FROM tasks WHERE session_id = ? "
+                f"AND status IN ({_UNFINISHED}) AND staged_by IS NULL",
+                (session_id,),
+            ).fetchall()
+            for row in tasks:
+                step.cancel(row)
+            return _session_record(step.session(session_id))
+
+    # -- blobs --------------------------------------------------------------------
+
+    def write_chunks(
+        self, blob_id: str, first_seq: int, chunks: list[bytes], size: int | None
+    ) -> None:
+        """Append chunks; ``size`` is given with the last batch, completing the blob."""
+        with self._transaction() as db:
+            if first_seq == 0:
+                db.execute("INSERT INTO blobs (blob_id) VALUES (?)", (blob_id,))
+            db.executemany(
+                "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (?, ?, ?)",
+                [(blob_id, first_seq + i, chunk) for i, chunk in enumerate(chunks)],
+            )
+            if size is not None:
+                db.execute(
+                    "UPDATE blobs SET size = ?, chunk_count = ? WHERE blob_id = ?",
+                    (size, first_seq + len(chunks), blob_id),
+                )
+
+    def drop_unfinished_blob(self, blob_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM blob_chunks WHERE blob_id = ?", (blob_id,))
+            db.execute("DELETE FROM blobs WHERE blob_id = ?", (blob_id,))
+
+    def open_blob(self, blob_id: str) -> tuple[str, int, list[bytes]]:
+        """The blob's chunk count and first batch of chunks."""
+        row = _one(
+            self._db,
+            "SELECT chunk_count FROM blobs WHERE blob_id = ? AND size IS NOT NULL",
+            (blob_id,),
+        )
+        if row is None:
+            raise NotFound(f"no blob {blob_id!r}")
+        count: int = row[0]
+        return blob_id, count, self.chunks(blob_id, 0) if count else []
+
+    def chunks(self, blob_id: str, first_seq: int) -> list[bytes]:
+        batch: list[bytes] = []
+        size = 0
+        cursor = self._db.execute(
+            "SELECT data FROM blob_chunks WHERE blob_id = ? AND seq >= ? ORDER BY seq",
+            (blob_id, first_seq),
+        )
+        try:
+            for (data,) in cursor:
+                batch.append(data)
+                size += len(data)
+                if size >= _BATCH_BYTES or len(batch) >= _BATCH_CHUNKS:
+                    break
+        finally:
+            cursor.close()
+        return batch
+
+    # -- creating tasks -----------------------------------------------------------
+
+    def submit_tasks(
+        self,
+        session_id: str,
+        tasks: Sequence[NewTask],
+        options: objects_pb2.TaskOptions | None,
+    ) -> list[TaskRecord | TaskRefusal]:
+        with self._transaction() as db:
+            step = _Transition(db)
+            session = step.session(session_id)
+            if session["status"] == SessionStatus.CANCELLED:
+                raise SessionCancelled(
+                    f"session {session_id} is cancelled: it takes no new tasks"
+                )
+            creation = _Creation(step, session, options)
+            return [creation.create(i, task) for i, task in enumerate(tasks)]
+
+    def stage_subtasks(
+        self,
+        attempt: Attempt,
+        tasks: Sequence[NewTask],
+        options: objects_pb2.TaskOptions | None,
+    ) -> list[TaskRecord | TaskRefusal]:
+        with self._transaction() as db:
+            step = _Transition(db)
+            parent = step.attempt(attempt)
+            session = step.session(parent["session_id"])
+            creation = _Creation(step, session, options, parent)
+            return [creation.create(i, task) for i, task in enumerate(tasks)]
+
+    # -- the agent's side ---------------------------------------------------------
+
+    def acquire(
+        self, agent_id: str, partition_id: str, lease: timedelta
+    ) -> Attempt | None:
+        token = secrets.token_urlsafe(32)
+        with self._transaction() as db:
+            now = time.time()
+            expires = now + lease.total_seconds()
+            row = _one(db, _ACQUIRE, (agent_id, token, expires, now, partition_id))
+        if row is None:
+            return None
+        return Attempt(_task_record(row), agent_id, token, _utc(expires))
+
+    def start(self, attempt: Attempt) -> None:
+        with self._transaction() as db:
+            step = _Transition(db)
+            row = step.attempt(attempt)
+            if row["status"] == TaskStatus.DISPATCHED:
+                db.execute(
+                    f"UPDATE tasks SET status = {_PROCESSING}, started_at = ? "
+                    "WHERE task_id = ?",
+                    (step.now, row["task_id"]),
+                )
+
+    def renew(self, attempt: Attempt, lease: timedelta) -> Attempt:
+        with self._transaction() as db:
+            step = _Transition(db)
+            step.attempt(attempt)
+            expires = step.now + lease.total_seconds()
+            db.execute(
+                "UPDATE tasks SET lease_expires_at = ? WHERE task_id = ?",
+                (expires, attempt.task.task_id),
+            )
+        return replace(attempt, lease_expires_at=_utc(expires))
+
+    def stage_result(self, attempt: Attempt, key: str, data: BlobRef) -> None:
+        with self._transaction() as db:
+            step = _Transition(db)
+            row = step.attempt(attempt)
+            task_id, session_id = row["task_id"], row["session_id"]
+            result = _one(
+                db,
+                "SELECT owner_task_id, status, pending_owner FROM results "
+                "WHERE session_id = ? AND key = ?",
+                (session_id, key),
+            )
+            _check_owned(task_id, session_id, key, result)
+            size = step.blob_size(data.blob_id)
+            replaced = _column(
+                db,
+                "SELECT blob_id FROM staged_results WHERE task_id = ? AND key = ?",
+                (task_id, key),
+            )
+            db.execute(
+                "INSERT INTO staged_results (task_id, key, blob_id, size) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (task_id, key) DO UPDATE "
+                "SET blob_id = excluded.blob_id, size = excluded.size",
+                (task_id, key, data.blob_id, size),
+            )
+            step.drop_blobs(b for b in replaced if b != data.blob_id)
+
+    def complete(self, attempt: Attempt) -> TaskRecord:
+        with self._transaction() as db:
+            step = _Transition(db)
+            row = step.attempt(attempt)
+            task_id, session_id = row["task_id"], row["session_id"]
+            unsent = _column(db, _UNSENT_OUTPUTS, (task_id,))
+            if unsent:
+                raise MissingOutputs(unsent)
+            subtasks = step.unstage_subtasks(task_id)
+            step.commit_staged_results(task_id, session_id)
+            for subtask_id in subtasks:
+                step.activate(subtask_id)
+            return _task_record(step.end_attempt(task_id, TaskStatus.COMPLETED))
+
+    def fail(self, attempt: Attempt, error: str, status: TaskStatus) -> TaskRecord:
+        with self._transaction() as db:
+            step = _Transition(db)
+            row = step.attempt(attempt)
+            return _task_record(step.fail(row, error, status))
+
+    def release(self, attempt: Attempt) -> None:
+        with self._transaction() as db:
+            step = _Transition(db)
+            row = step.attempt(attempt, cancelling_ok=True)
+            if row["status"] == TaskStatus.CANCELLING:
+                step.end_cancelled(row)
+                return
+            step.discard_staged(row["task_id"])
+            db.execute(
+                f"UPDATE tasks SET status = {_SUBMITTED}, owner_agent_id = '', "
+                "token = NULL, lease_expires_at = NULL, acquired_at = NULL, "
+                "started_at = NULL WHERE task_id = ?",
+                (row["task_id"],),
+            )
+
+    def recover_expired(self, now: float | None) -> list[str]:
+        with self._transaction() as db:
+            step = _Transition(db)
+            if now is not None:
+                step.now = now
+            expired = db.execute(
+                "SELECT * FROM tasks WHERE lease_expires_at < ? "
+                f"AND status IN ({_LEASED})",
+                (step.now,),
+            ).fetchall()
+            logs = [_recover(step, row) for row in expired]
+        for log in logs:
+            log()
+        return [row["task_id"] for row in expired]
+
+    def mark_cancelled(self, attempt: Attempt) -> TaskRecord:
+        with self._transaction() as db:
+            step = _Transition(db)
+            row = step.attempt(attempt, cancelling_ok=True)
+            if row["status"] != TaskStatus.CANCELLING:
+                raise BackendError(
+                    f"task {row['task_id']} is not being cancelled; end the attempt "
+                    "with complete, fail or release"
+                )
+            return _task_record(step.end_cancelled(row))
+
+    # -- reading and cancelling ---------------------------------------------------
+
+    def get_task(self, task_id: str) -> TaskRecord:
+        return _task_record(_Transition(self._db).task(task_id))
+
+    def get_result(self, session_id: str, key: str) -> ResultRecord:
+        return _result_record(self._result_row(session_id, key))
+
+    def _result_row(self, session_id: str, key: str) -> sqlite3.Row:
+        # A result that a staged subtask created exists only for its parent's attempt.
+        row = _one(
+            self._db,
+            "SELECT * FROM results WHERE session_id = ? AND key = ? "
+            "AND staged_by IS NULL",
+            (session_id, key),
+        )
+        if row is None:
+            raise NotFound(f"no result {key!r} in session {session_id}")
+        return row
+
+    def open_result(self, session_id: str, key: str) -> tuple[str, int, list[bytes]]:
+        row = self._result_row(session_id, key)
+        if row["status"] != ResultStatus.COMPLETED:
+            status = ResultStatus(row["status"]).name
+            raise NotCompleted(
+                f"result {key!r} of session {session_id} is {status}: it has no data"
+            )
+        return self.open_blob(row["blob_id"])
+
+    def cancel_tasks(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+        with self._transaction() as db:
+            step = _Transition(db)
+            for task_id in task_ids:
+                step.task(task_id)
+            for task_id in dict.fromkeys(task_ids):
+                step.cancel(step.task(task_id))
+            return [_task_record(step.task(task_id)) for task_id in task_ids]
+
+    # -- resources ----------------------------------------------------------------
+
+    def put_resource(self, key: str, data: BlobRef) -> None:
+        with self._transaction() as db:
+            step = _Transition(db)
+            size = step.blob_size(data.blob_id)
+            replaced = _column(
+                db, "SELECT blob_id FROM resources WHERE key = ?", (key,)
+            )
+            db.execute(
+                "INSERT INTO resources (key, blob_id, size) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE "
+                "SET blob_id = excluded.blob_id, size = excluded.size",
+                (key, data.blob_id, size),
+            )
+            step.drop_blobs(b for b in replaced if b != data.blob_id)
+
+    def open_resource(self, key: str) -> tuple[str, int, list[bytes]]:
+        blob = _column(self._db, "SELECT blob_id FROM resources WHERE key = ?", (key,))
+        if not blob:
+            raise NotFound(f"no resource {key!r}")
+        return self.open_blob(blob[0])
+
+    def list_resources(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT key, size FROM resources ORDER BY key")
+        return {key: size for key, size in rows.fetchall()}
+
+    def delete_resource(self, key: str) -> None:
+        with self._transaction() as db:
+            blob = _column(
+                db, "DELETE FROM resources WHERE key = ? RETURNING blob_id", (key,)
+            )
+            if not blob:
+                raise NotFound(f"no resource {key!r}")
+            _Transition(db).drop_blobs(blob)
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
+def _check_owned(
+    task_id: str, session_id: str, key: str, result: sqlite3.Row | None
+) -> None:
+    if result is None:
+        raise NotOwned(
+            f"task {task_id} cannot send {key!r}: session {session_id} has no such "
+            "result"
+        )
+    if result["owner_task_id"] != task_id:
+        raise NotOwned(f"task {task_id} does not own result {key!r}")
+    if result["pending_owner"] is not None:
+        raise NotOwned(
+            f"task {task_id} delegated result {key!r} to task {result['pending_owner']}"
+        )
+    if result["status"] != ResultStatus.CREATED:
+        raise NotOwned(f"result {key!r} is {ResultStatus(result['status']).name}")
+
+
+def _recover(step: _Transition, row: sqlite3.Row) -> Callable[[], None]:
+    """End an expired attempt; what to log once that is committed."""
+    task_id, agent_id = row["task_id"], row["owner_agent_id"]
+    extra = {
+        "task_id": task_id,
+        "attempt": len(json.loads(row["retry_of_ids"])) + 1,
+        "agent_id": agent_id,
+    }
+    if row["status"] == TaskStatus.CANCELLING:
+        step.end_cancelled(row)
+        return functools.partial(
+            logger.info,
+            "task %s: lease of agent %r expired while cancelling; cancelled",
+            task_id,
+            agent_id,
+            extra=extra,
+        )
+    message = (
+        f"lease expired at {_iso(row['lease_expires_at'])}: agent {agent_id!r} "
+        "stopped renewing it"
+    )
+    retry_id = step.fail(row, message, TaskStatus.ERROR)["task_id"]
+    return functools.partial(
+        logger.warning,
+        "task %s: %s; %s",
+        task_id,
+        message,
+        f"retried as {retry_id}" if retry_id != task_id else "no retry left",
+        extra=extra,
+    )
+
+
+def _resolve(future: asyncio.Future[_T], result: _T) -> None:
+    if not future.done():  # a cancelled caller: the work is done all the same
+        future.set_result(result)
+
+
+def _reject(future: asyncio.Future[_T], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+class _Thread:
+    """The backend's own thread, running calls one at a time.
+
+    Leaner than a one-thread executor: a call is one queue put and one wake-up of
+    the event loop, which matters at several calls per task.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        # A daemon, so that a backend never closed does not keep the process alive;
+        # a transaction cut short by the exit is rolled back by the next opener.
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def run(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` on the thread and wait for it, blocking the caller."""
+        done: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+        def job() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as error:
+                done.set_exception(error)
+
+        self._jobs.put(job)
+        return done.result()
+
+    async def call(self, fn: Callable[[], _T]) -> _T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+
+        def job() -> None:
+            # A closed loop has nobody left to tell.
+            with contextlib.suppress(RuntimeError):
+                try:
+                    result = fn()
+                except BaseException as error:
+                    loop.call_soon_threadsafe(_reject, future, error)
+                else:
+                    loop.call_soon_threadsafe(_resolve, future, result)
+
+        self._jobs.put(job)
+        return await future
+
+    def stop(self) -> None:
+        """Let the thread end once the calls queued so far have run."""
+        self._jobs.put(None)
+
+
+class SqliteBackend(Backend):
+    """The backend kept in one SQLite file; see the module's documentation."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: timedelta = timedelta(seconds=30),
+    ) -> None:
+        self._path = Path(path)
+        self._closed = False
+        self._thread = _Thread(f"sqlite-backend {self._path.name}")
+        try:
+            self._store = self._thread.run(
+                functools.partial(_Store, self._path, busy_timeout)
+            )
+        except sqlite3.Error as err:
+            self._thread.stop()
+            raise BackendError(
+                f"cannot open the state file {self._path}: {err}"
+            ) from err
+        except BaseException:
+            self._thread.stop()
+            raise
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteBackend:
+        """Open ``sqlite://PATH``."""
+        scheme, _, path = url.partition("://")
+        if scheme != "sqlite" or not path:
+            raise ValueError(f"expected sqlite://PATH, got {url!r}")
+        return cls(path)
+
+    async def _call(
+        self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        if self._closed:
+            raise BackendError(f"the backend on {self._path} is closed")
+        try:
+            return await self._thread.call(functools.partial(fn, *args, **kwargs))
+        except sqlite3.Error as err:
+            raise BackendError(f"the state file {self._path} failed: {err}") from err
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._thread.call(self._store.close)
+        finally:
+            self._thread.stop()
+
+    # -- sessions -----------------------------------------------------------------
+
+    async def create_session(
+        self, default_options: objects_pb2.TaskOptions, partition_ids: Sequence[str]
+    ) -> SessionRecord:
+        return await self._call(
+            self._store.create_session, default_options, list(partition_ids)
+        )
+
+    async def get_session(self, session_id: str) -> SessionRecord:
+        return await self._call(self._store.get_session, session_id)
+
+    async def cancel_session(self, session_id: str) -> SessionRecord:
+        return await self._call(self._store.cancel_session, session_id)
+
+    # -- blobs --------------------------------------------------------------------
+
+    async def write_blob(self, chunks: AsyncIterable[bytes]) -> BlobRef:
+        # TODO: sweep blobs that nothing ever referenced (a refused stage_result, a
+        # writer whose process died mid-blob) once the control plane runs periodic
+        # maintenance; until then they stay in the file.
+        store, blob_id = self._store, uuid.uuid4().hex
+        batch: list[bytes] = []
+        batch_size = size = seq = 0
+        hopped = False
+        try:
+            async for chunk in chunks:
+                batch.append(bytes(chunk))
+                batch_size += len(chunk)
+                if batch_size >= _BATCH_BYTES or len(batch) >= _BATCH_CHUNKS:
+                    hopped = True
+                    await self._call(store.write_chunks, blob_id, seq, batch, None)
+                    seq, size = seq + len(batch), size + batch_size
+                    batch, batch_size = [], 0
+            hopped = True
+            size += batch_size
+            await self._call(store.write_chunks, blob_id, seq, batch, size)
+        except BaseException:
+            # Nobody holds a reference to the blob yet; a hop that was cancelled may
+            # still have written its batch.
+            if hopped:
+                await self._call(store.drop_unfinished_blob, blob_id)
+            raise
+        return BlobRef(blob_id, size)
+
+    async def _stream(
+        self,
+        opener: Callable[_P, tuple[str, int, list[bytes]]],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> AsyncIterator[bytes]:
+        blob_id, count, batch = await self._call(opener, *args, **kwargs)
+        seq = 0
+        while True:
+            seq += len(batch)
+            for chunk in batch:
+                yield chunk
+            if seq >= count:
+                return
+            batch = await self._call(self._store.chunks, blob_id, seq)
+            if not batch:
+                raise NotFound(f"blob {blob_id} was deleted while being read")
+
+    def read_blob(self, blob_id: str) -> AsyncIterator[bytes]:
+        return self._stream(self._store.open_blob, blob_id)
+
+    # -- creating tasks -----------------------------------------------------------
+
+    async def submit_tasks(
+        self,
+        session_id: str,
+        tasks: Sequence[NewTask],
+        options: objects_pb2.TaskOptions | None = None,
+    ) -> list[TaskRecord | TaskRefusal]:
+        return await self._call(self._store.submit_tasks, session_id, tasks, options)
+
+    # -- the agent's side ---------------------------------------------------------
+
+    async def acquire(
+        self, agent_id: str, partition_id: str, lease: timedelta
+    ) -> Attempt | None:
+        return await self._call(self._store.acquire, agent_id, partition_id, lease)
+
+    async def start(self, attempt: Attempt) -> None:
+        await self._call(self._store.start, attempt)
+
+    async def renew(self, attempt: Attempt, lease: timedelta) -> Attempt:
+        return await self._call(self._store.renew, attempt, lease)
+
+    async def stage_result(self, attempt: Attempt, key: str, data: BlobRef) -> None:
+        await self._call(self._store.stage_result, attempt, key, data)
+
+    async def stage_subtasks(
+        self,
+        attempt: Attempt,
+        tasks: Sequence[NewTask],
+        options: objects_pb2.TaskOptions | None = None,
+    ) -> list[TaskRecord | TaskRefusal]:
+        return await self._call(self._store.stage_subtasks, attempt, tasks, options)
+
+    async def complete(self, attempt: Attempt) -> TaskRecord:
+        return await self._call(self._store.complete, attempt)
+
+    async def fail(
+        self, attempt: Attempt, error: str, status: TaskStatus = TaskStatus.ERROR
+    ) -> TaskRecord:
+        if status not in (TaskStatus.ERROR, TaskStatus.TIMEOUT):
+            raise ValueError(
+                f"a failed attempt ends ERROR or TIMEOUT, not {status.name}"
+            )
+        return await self._call(self._store.fail, attempt, error, status)
+
+    async def release(self, attempt: Attempt) -> None:
+        await self._call(self._store.release, attempt)
+
+    async def recover_expired(self, now: datetime | None = None) -> list[str]:
+        seconds = None if now is None else now.timestamp()
+        return await self._call(self._store.recover_expired, seconds)
+
+    # -- reading and cancelling ---------------------------------------------------
+
+    async def get_task(self, task_id: str) -> TaskRecord:
+        return await self._call(self._store.get_task, task_id)
+
+    async def get_result(self, session_id: str, key: str) -> ResultRecord:
+        return await self._call(self._store.get_result, session_id, key)
+
+    def read_result(self, session_id: str, key: str) -> AsyncIterator[bytes]:
+        return self._stream(self._store.open_result, session_id, key)
+
+    async def cancel_tasks(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+        return await self._call(self._store.cancel_tasks, list(task_ids))
+
+    async def mark_cancelled(self, attempt: Attempt) -> TaskRecord:
+        return await self._call(self._store.mark_cancelled, attempt)
+
+    # -- resources ----------------------------------------------------------------
+
+    async def put_resource(self, key: str, data: BlobRef) -> None:
+        await self._call(self._store.put_resource, key, data)
+
+    def read_resource(self, key: str) -> AsyncIterator[bytes]:
+        return self._stream(self._store.open_resource, key)
+
+    async def list_resources(self) -> dict[str, int]:
+        return await self._call(self._store.list_resources)
+
+    async def delete_resource(self, key: str) -> None:
+        await self._call(self._store.delete_resource, key)

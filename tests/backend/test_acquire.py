@@ -1,0 +1,156 @@
+"""Taking tasks from the queue, starting them and renewing their leases."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from agent.backend import Backend, LeaseLost, TaskCancelled, TaskStatus
+from gridpod_api import objects_pb2
+from tests.backend.support import (
+    AGENT,
+    LEASE,
+    later,
+    new_task,
+    session,
+    submit,
+    take,
+)
+
+
+async def test_nothing_queued_gives_none(backend: Backend) -> None:
+    assert await backend.acquire(AGENT, "", LEASE) is None
+    sid = await session(backend)
+    await submit(
+        backend,
+        sid,
+        await new_task(backend, ["first"]),
+        await new_task(backend, ["waits"], ["first"]),
+    )
+    await take(backend)
+    assert await backend.acquire(AGENT, "", LEASE) is None
+
+
+async def test_higher_priority_first_then_older(backend: Backend) -> None:
+    sid = await session(backend)
+    low = objects_pb2.TaskOptions(priority=1)
+    high = objects_pb2.TaskOptions(priority=7)
+    [old_low] = await submit(backend, sid, await new_task(backend, ["a"]), options=low)
+    [new_high] = await submit(
+        backend, sid, await new_task(backend, ["b"]), options=high
+    )
+    batch = await submit(
+        backend,
+        sid,
+        await new_task(backend, ["c"]),
+        await new_task(backend, ["d"]),
+        options=low,
+    )
+
+    order = [(await take(backend)).task.task_id for _ in range(4)]
+
+    assert order == [new_high.task_id, old_low.task_id] + [t.task_id for t in batch]
+
+
+async def test_partitions_are_separate_queues(backend: Backend) -> None:
+    sid = await session(backend, partitions=["cpu", "gpu"])
+    gpu = objects_pb2.TaskOptions(partition_id="gpu")
+    [task] = await submit(backend, sid, await new_task(backend, ["x"]), options=gpu)
+
+    assert await backend.acquire(AGENT, "cpu", LEASE) is None
+    attempt = await backend.acquire(AGENT, "gpu", LEASE)
+
+    assert attempt is not None
+    assert attempt.task.task_id == task.task_id
+
+
+async def test_an_acquired_task_is_dispatched_to_its_agent(backend: Backend) -> None:
+    sid = await session(backend)
+    [task] = await submit(backend, sid, await new_task(backend, ["x"]))
+    before = datetime.now(timezone.utc)
+
+    attempt = await backend.acquire("agent-7", "", timedelta(seconds=60))
+
+    assert attempt is not None
+    assert attempt.agent_id == "agent-7"
+    assert attempt.task.status == TaskStatus.DISPATCHED
+    assert attempt.task.attempt == 1
+    assert len(attempt.token) >= 40
+    assert attempt.lease_expires_at - before >= timedelta(seconds=59)
+    record = await backend.get_task(task.task_id)
+    assert record.status == TaskStatus.DISPATCHED
+    assert record.owner_agent_id == "agent-7"
+    assert record.acquired_at is not None
+    assert await backend.acquire("agent-8", "", LEASE) is None
+
+
+async def test_every_attempt_gets_a_fresh_token(backend: Backend) -> None:
+    sid = await session(backend)
+    await submit(backend, sid, await new_task(backend, ["x"]))
+    first = await take(backend)
+    await backend.release(first)
+    second = await take(backend)
+    assert second.task.task_id == first.task.task_id
+    assert second.token != first.token
+
+
+async def test_start_makes_it_processing(backend: Backend) -> None:
+    sid = await session(backend)
+    [task] = await submit(backend, sid, await new_task(backend, ["x"]))
+    attempt = await backend.acquire(AGENT, "", LEASE)
+    assert attempt is not None
+
+    await backend.start(attempt)
+
+    record = await backend.get_task(task.task_id)
+    assert record.status == TaskStatus.PROCESSING
+    assert record.started_at is not None
+
+
+async def test_start_of_a_released_attempt_is_refused(backend: Backend) -> None:
+    sid = await session(backend)
+    [task] = await submit(backend, sid, await new_task(backend, ["x"]))
+    attempt = await backend.acquire(AGENT, "", LEASE)
+    assert attempt is not None
+    await backend.release(attempt)
+
+    with pytest.raises(LeaseLost):
+        await backend.start(attempt)
+    assert (await backend.get_task(task.task_id)).status == TaskStatus.SUBMITTED
+
+
+async def test_renew_extends_the_lease(backend: Backend) -> None:
+    sid = await session(backend)
+    await submit(backend, sid, await new_task(backend, ["x"]))
+    attempt = await backend.acquire(AGENT, "", timedelta(seconds=5))
+    assert attempt is not None
+
+    renewed = await backend.renew(attempt, timedelta(minutes=10))
+
+    assert renewed.lease_expires_at - attempt.lease_expires_at > timedelta(minutes=9)
+    assert renewed.token == attempt.token
+    assert (
+        await backend.recover_expired(attempt.lease_expires_at + timedelta(seconds=1))
+        == []
+    )
+
+
+async def test_renew_after_expiry_and_recovery_is_refused(backend: Backend) -> None:
+    sid = await session(backend)
+    await submit(backend, sid, await new_task(backend, ["x"]))
+    attempt = await take(backend)
+    await backend.recover_expired(later())
+
+    with pytest.raises(LeaseLost):
+        await backend.renew(attempt, LEASE)
+
+
+async def test_renew_of_a_cancelled_task_says_so(backend: Backend) -> None:
+    sid = await session(backend)
+    [task] = await submit(backend, sid, await new_task(backend, ["x"]))
+    attempt = await take(backend)
+    await backend.cancel_tasks([task.task_id])
+
+    with pytest.raises(TaskCancelled):
+        await backend.renew(attempt, LEASE)
