@@ -280,3 +280,17 @@ async def _wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"condition not met after {timeout}s")
+
+
+async def test_concurrency_runs_tasks_side_by_side_on_one_worker(grid: Grid) -> None:
+    grid.pod("--concurrency", "4")
+    session = await grid.session()
+    tasks = await grid.submit_many(
+        session, [(b"1", [f"out{n}"], []) for n in range(4)], options("sleep")
+    )
+    for n in range(4):
+        assert await grid.value(session, f"out{n}") == b"slept"
+    records = [await grid.backend.get_task(t.task_id) for t in tasks]
+    first_end = min(r.ended_at for r in records if r.ended_at is not None)
+    # Every task started before any ended: the four ran at the same time.
+    assert all(r.started_at is not None and r.started_at < first_end for r in records)
