@@ -50,7 +50,7 @@ class _Stream:
 
     def __init__(self, messages: AsyncIterator[Any], rpc: str) -> None:
         self._messages = messages
-        self._rpc = rpc
+        self.rpc = rpc
         self.token: str | None = None
 
     async def next(self, expecting: str) -> Any:
@@ -58,13 +58,13 @@ class _Stream:
             message = await anext(self._messages)
         except StopAsyncIteration:
             raise _StreamEnded(
-                f"the {self._rpc} stream ended while expecting {expecting}"
+                f"the {self.rpc} stream ended while expecting {expecting}"
             ) from None
         if self.token is None:
             self.token = message.communication_token
         elif message.communication_token != self.token:
             raise _GrammarError(
-                f"a {self._rpc} message carries another communication token "
+                f"a {self.rpc} message carries another communication token "
                 "than the first one"
             )
         return message
@@ -79,6 +79,23 @@ async def _abort(context: _Context, error: _GrammarError) -> NoReturn:
 def _kind(message: Any, oneof: str = "type") -> str | None:
     kind: str | None = message.WhichOneof(oneof)
     return kind
+
+
+async def _chunks(stream: _Stream, field: str, what: str) -> AsyncIterator[bytes]:
+    """The data of ``field`` messages up to the one with ``data_complete``."""
+    while True:
+        message = await stream.next(what)
+        if _kind(message) != field:
+            raise _GrammarError(
+                f"{stream.rpc} expected {what}, got {_kind(message) or 'nothing'}"
+            )
+        chunk = getattr(message, field)
+        if _kind(chunk) == "data":
+            yield chunk.data
+        elif chunk.data_complete:
+            return
+        else:
+            raise _GrammarError(f"a {stream.rpc} {field} message holds no data")
 
 
 class AgentService(agent_service_pb2_grpc.AgentServicer):
@@ -131,7 +148,9 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
             refusal = await self._ownership_refusal(attempt, key)
             if refusal is not None:
                 return refusal
-            blob = await self._backend.write_blob(self._result_chunks(stream, key))
+            blob = await self._backend.write_blob(
+                _chunks(stream, "data", f"data of result {key!r}")
+            )
             _metrics.BYTES_FROM_WORKER.inc(blob.size)
             received.append((key, blob))
             message = await self._next_result_or_end(stream)
@@ -152,20 +171,6 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
         if result.owner_task_id != attempt.task.task_id:
             return f"task {attempt.task.task_id} does not own result {key!r}"
         return None
-
-    async def _result_chunks(self, stream: _Stream, key: str) -> AsyncIterator[bytes]:
-        while True:
-            message = await stream.next(f"data of result {key!r}")
-            if _kind(message) != "data":
-                raise _GrammarError(
-                    f"SendResult expected data of result {key!r}, got {_kind(message)}"
-                )
-            if _kind(message.data) == "data":
-                yield message.data.data
-            elif message.data.data_complete:
-                return
-            else:
-                raise _GrammarError("a SendResult data message holds nothing")
 
     @staticmethod
     def _result_error(token: str, reason: str) -> agent_common_pb2.ResultReply:
@@ -214,7 +219,9 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
                     )
                 return tasks
             header = message.init_task.header
-            blob = await self._backend.write_blob(self._payload_chunks(stream))
+            blob = await self._backend.write_blob(
+                _chunks(stream, "task_payload", "task_payload")
+            )
             _metrics.BYTES_FROM_WORKER.inc(blob.size)
             tasks.append(
                 NewTask(
@@ -223,20 +230,6 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
                     data_dependencies=tuple(header.data_dependencies),
                 )
             )
-
-    async def _payload_chunks(self, stream: _Stream) -> AsyncIterator[bytes]:
-        while True:
-            message = await stream.next("task_payload")
-            if _kind(message) != "task_payload":
-                raise _GrammarError(
-                    f"CreateTask expected task_payload, got {_kind(message)}"
-                )
-            if _kind(message.task_payload) == "data":
-                yield message.task_payload.data
-            elif message.task_payload.data_complete:
-                return
-            else:
-                raise _GrammarError("a CreateTask task_payload message holds nothing")
 
     @staticmethod
     def _creation_error(token: str, reason: str) -> agent_common_pb2.CreateTaskReply:

@@ -21,28 +21,13 @@ from agent._config import AgentConfig
 from agent._errors import AgentError
 from agent._sidecar import Sidecar
 from agent.backend import Backend, NotFound, open_backend
-from worker_sdk import Address
 from worker_sdk._address import DEFAULT_AGENT_ADDRESS, DEFAULT_WORKER_ADDRESS
 from worker_sdk._errors import WorkerSdkError
 from worker_sdk._logging import configure as configure_logging
+from worker_sdk._runtime import address_parameter
+from worker_sdk._runtime import run as run_loop
 
 _CHUNK = 1024 * 1024
-
-
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    try:
-        import uvloop  # noqa: PLC0415 - absent on Windows
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
-
-
-def _address(text: str, socket_type: str | None, what: str) -> Address:
-    try:
-        return Address.parse(text, socket_type)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint=what) from error
 
 
 def _open(url: str) -> Backend:
@@ -168,8 +153,8 @@ def run(
         )
     config = AgentConfig(
         backend_url=backend_url,
-        worker_address=_address(worker, worker_socket_type, "--worker"),
-        listen_address=_address(listen, agent_socket_type, "--listen"),
+        worker_address=address_parameter(worker, worker_socket_type, "--worker"),
+        listen_address=address_parameter(listen, agent_socket_type, "--listen"),
         partition_id=partition,
         concurrency=concurrency,
         health_port=health_port if health_port is not None else metrics_port,
@@ -181,7 +166,7 @@ def run(
         config = dataclasses.replace(config, agent_id=agent_id)
     _open(backend_url)  # fail fast on a bad URL, before the loop starts
     try:
-        _run(_serve(config))
+        run_loop(_serve(config))
     except (AgentError, WorkerSdkError) as error:
         raise click.ClickException(str(error)) from error
 

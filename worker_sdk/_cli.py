@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import signal
-from collections.abc import Coroutine
-from typing import Any
 
 import click
 from prometheus_client import start_http_server
 
 from worker_sdk import _logging
-from worker_sdk._address import DEFAULT_AGENT_ADDRESS, DEFAULT_WORKER_ADDRESS, Address
+from worker_sdk._address import DEFAULT_AGENT_ADDRESS, DEFAULT_WORKER_ADDRESS
 from worker_sdk._data import DEFAULT_SPILL_THRESHOLD
 from worker_sdk._errors import WorkerSdkError
 from worker_sdk._handler import TaskHandler
+from worker_sdk._runtime import address_parameter, run
 from worker_sdk._server import WorkerConfig, WorkerServer
 
 
@@ -36,22 +35,6 @@ def load_handler(spec: str) -> TaskHandler:
             f"{spec!r} is not a TaskHandler subclass", param_hint="HANDLER"
         )
     return handler_class()
-
-
-def _parse(text: str, socket_type: str | None, what: str) -> Address:
-    try:
-        return Address.parse(text, socket_type)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint=what) from error
-
-
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    try:
-        import uvloop  # noqa: PLC0415 - absent on Windows
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
 
 
 async def _serve(handler: TaskHandler, config: WorkerConfig) -> None:
@@ -134,8 +117,8 @@ def main(
     """Serve the TaskHandler HANDLER (MODULE:CLASS) to the pod's agent."""
     _logging.configure(log_format, log_level.upper())
     config = WorkerConfig(
-        address=_parse(address, worker_socket_type, "--address"),
-        agent_address=_parse(agent, agent_socket_type, "--agent"),
+        address=address_parameter(address, worker_socket_type, "--address"),
+        agent_address=address_parameter(agent, agent_socket_type, "--agent"),
         kernel_threads=kernel_threads,
         spill_threshold=spill_threshold,
         spill_dir=spill_dir,
@@ -144,7 +127,7 @@ def main(
     if metrics_port is not None:
         start_http_server(metrics_port)
     try:
-        _run(_serve(task_handler, config))
+        run(_serve(task_handler, config))
     except WorkerSdkError as error:
         raise click.ClickException(str(error)) from error
 
