@@ -2,7 +2,9 @@
 
 ``python bench/bare_worker.py --address unix:PATH --agent unix:PATH --kernel K``
 serves until SIGTERM. Per task it reads the Process stream, sends one result to the
-agent with SendResult and replies ok; it checks nothing it does not need.
+agent with SendResult and replies ok; it checks nothing it does not need. With
+``--calls PATH`` it writes, on the way out, one line per Process call: the task id and
+the wall-clock times the call reached the worker and left it.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import time
 import zlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -103,10 +107,14 @@ def ok_reply(token: str) -> worker_common_pb2.ProcessReply:
 
 class BareWorker(worker_service_pb2_grpc.WorkerServicer):
     def __init__(
-        self, agent: agent_service_pb2_grpc.AgentAsyncStub, kernel: type[Kernel]
+        self,
+        agent: agent_service_pb2_grpc.AgentAsyncStub,
+        kernel: type[Kernel],
+        calls: list[tuple[str, float, float]] | None = None,
     ) -> None:
         self._agent = agent
         self._kernel = kernel
+        self._calls = calls
 
     async def HealthCheck(
         self, request: objects_pb2.Empty, context: _Context
@@ -119,13 +127,24 @@ class BareWorker(worker_service_pb2_grpc.WorkerServicer):
         request_iterator: AsyncIterator[worker_common_pb2.ProcessRequest],
         context: _Context,
     ) -> worker_common_pb2.ProcessReply:
+        # Wall-clock time, comparable with the timestamps other processes record.
+        entered = time.time()
+        task_id, reply = await self._process(request_iterator)
+        if self._calls is not None:
+            self._calls.append((task_id, entered, time.time()))
+        return reply
+
+    async def _process(
+        self, request_iterator: AsyncIterator[worker_common_pb2.ProcessRequest]
+    ) -> tuple[str, worker_common_pb2.ProcessReply]:
         kernel = self._kernel()
-        token = key = ""
+        token = key = task_id = ""
         async for request in request_iterator:
             compute = request.compute
             kind = compute.WhichOneof("type")
             if kind == "init_request":
                 token = request.communication_token
+                task_id = compute.init_request.task_id
                 key = compute.init_request.expected_output_keys[0]
                 kernel.update(compute.init_request.payload.data)
             elif kind == "payload":
@@ -136,19 +155,26 @@ class BareWorker(worker_service_pb2_grpc.WorkerServicer):
             output = objects_pb2.Output(
                 error=objects_pb2.Output.Error(details=reply.Error)
             )
-            return worker_common_pb2.ProcessReply(
+            return task_id, worker_common_pb2.ProcessReply(
                 communication_token=token, output=output
             )
-        return ok_reply(token)
+        return task_id, ok_reply(token)
 
 
-async def serve(address: str, agent_address: str, kernel: type[Kernel]) -> None:
+def write_calls(path: Path, calls: list[tuple[str, float, float]]) -> None:
+    lines = (f"{task_id}\t{entered!r}\t{left!r}\n" for task_id, entered, left in calls)
+    path.write_text("".join(lines))
+
+
+async def serve(
+    address: str, agent_address: str, kernel: type[Kernel], calls_path: Path | None
+) -> None:
     channel = grpc.aio.insecure_channel(agent_address, options=CHANNEL_OPTIONS)
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     agent = agent_service_pb2_grpc.AgentStub(channel)
-    worker_service_pb2_grpc.add_WorkerServicer_to_server(
-        BareWorker(agent, kernel), server
-    )
+    calls: list[tuple[str, float, float]] = []
+    worker = BareWorker(agent, kernel, None if calls_path is None else calls)
+    worker_service_pb2_grpc.add_WorkerServicer_to_server(worker, server)
     server.add_insecure_port(address)
     stopping = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
@@ -158,6 +184,8 @@ async def serve(address: str, agent_address: str, kernel: type[Kernel]) -> None:
     finally:
         await server.stop(grace=1.0)
         await channel.close()
+        if calls_path is not None:
+            write_calls(calls_path, calls)
 
 
 def main() -> None:
@@ -165,8 +193,9 @@ def main() -> None:
     parser.add_argument("--address", required=True, help="unix:PATH to listen on")
     parser.add_argument("--agent", required=True, help="unix:PATH of the agent")
     parser.add_argument("--kernel", choices=sorted(KERNELS), default="empty")
+    parser.add_argument("--calls", type=Path, help="where to write the call times")
     args = parser.parse_args()
-    uvloop.run(serve(args.address, args.agent, KERNELS[args.kernel]))
+    uvloop.run(serve(args.address, args.agent, KERNELS[args.kernel], args.calls))
 
 
 if __name__ == "__main__":

@@ -8,65 +8,49 @@ missed, after a ``TARGET MISSED:`` line.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import hashlib
-import os
-import platform
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
 
 import grpc
-import uvloop
 
-from gridpod_api import (
-    agent_common_pb2,
-    agent_service_pb2_grpc,
-    objects_pb2,
-    worker_common_pb2,
-    worker_service_pb2_grpc,
+# Run as a script, this file's folder heads sys.path; the bench package is found
+# from the repository's root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import (
+    CHANNEL_OPTIONS,
+    MIB,
+    REPO,
+    BenchAgent,
+    BenchError,
+    Child,
+    agent_server,
+    make_payload,
+    mib,
+    output_key,
+    print_header,
+    row,
+    run_benchmark,
+    task_messages,
+    wait_for_socket,
+    wait_serving,
 )
+from gridpod_api import worker_common_pb2, worker_service_pb2_grpc
 
-REPO = Path(__file__).resolve().parent.parent
-MIB = 1024 * 1024
 REFERENCE_CHUNK = 84_000  # what the reference agent sends
 SDK_SPILL_THRESHOLD = 64 * MIB  # the SDK's default: larger payloads go to a file
 TARGET_RATIO = 0.8
 TARGET_RSS = 1.3
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", -1),
-    ("grpc.max_send_message_length", -1),
-]
 
 _Request = worker_common_pb2.ProcessRequest
-_Compute = _Request.ComputeRequest
-_Context = grpc.aio.ServicerContext[Any, Any]
-_Replies = AsyncIterator[agent_common_pb2.DataReply]
-_SERVING = worker_common_pb2.HealthCheckReply.ServingStatus.SERVING
-
-# Run first in each worker subprocess: with PR_SET_PDEATHSIG the kernel kills the
-# worker if this driver dies, even by SIGKILL; then the worker's command replaces it.
-_LAUNCHER = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
-    "if os.getppid() != int(sys.argv[1]): sys.exit('the benchmark is gone')\n"
-    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
-)
-
-
-class BenchError(Exception):
-    """A worker misbehaved: the figures of this run would mean nothing."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,103 +63,6 @@ class Settings:
     chunk_sizes: tuple[int, ...]
 
 
-# --- the agent side -------------------------------------------------------------
-
-
-class BenchAgent(agent_service_pb2_grpc.AgentServicer):
-    """Takes every result and keeps its value; refuses everything else."""
-
-    def __init__(self) -> None:
-        self.results: dict[str, bytes] = {}
-
-    async def SendResult(
-        self,
-        request_iterator: AsyncIterator[agent_common_pb2.Result],
-        context: _Context,
-    ) -> agent_common_pb2.ResultReply:
-        token = key = ""
-        parts: list[bytes] = []
-        async for message in request_iterator:
-            token = message.communication_token
-            if message.WhichOneof("type") == "init":
-                if message.init.WhichOneof("type") == "key":
-                    key, parts = message.init.key, []
-            elif message.data.WhichOneof("type") == "data":
-                parts.append(message.data.data)
-            else:
-                self.results[key] = b"".join(parts)
-        return agent_common_pb2.ResultReply(
-            communication_token=token, Ok=objects_pb2.Empty()
-        )
-
-    async def CreateTask(self, request_iterator: Any, context: _Context) -> Any:
-        await _refuse(context)
-
-    async def GetResourceData(self, request: Any, context: _Context) -> _Replies:
-        await _refuse(context)
-        yield agent_common_pb2.DataReply()  # unreachable: it makes a reply stream
-
-    async def GetCommonData(self, request: Any, context: _Context) -> _Replies:
-        await _refuse(context)
-        yield agent_common_pb2.DataReply()
-
-    async def GetDirectData(self, request: Any, context: _Context) -> _Replies:
-        await _refuse(context)
-        yield agent_common_pb2.DataReply()
-
-
-async def _refuse(context: _Context) -> None:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this benchmark")
-
-
-@contextlib.asynccontextmanager
-async def agent_server(socket_path: Path, agent: BenchAgent) -> AsyncIterator[None]:
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
-    agent_service_pb2_grpc.add_AgentServicer_to_server(agent, server)
-    server.add_insecure_port(f"unix:{socket_path}")
-    await server.start()
-    try:
-        yield
-    finally:
-        await server.stop(grace=None)
-
-
-# --- what the agent streams to a worker ----------------------------------------
-
-_OPTIONS = objects_pb2.TaskOptions(
-    max_retries=2, priority=1, partition_id="default", application_name="bench"
-)
-_OPTIONS.max_duration.FromSeconds(300)
-
-
-def task_messages(
-    number: int, chunks: Iterable[bytes], chunk_size: int
-) -> Iterator[_Request]:
-    """A Process stream as the reference agent sends it: first chunk inside
-    init_request, then payload chunks, data_complete and last_data."""
-    token, chunks = f"token-{number}", iter(chunks)
-    init = _Compute.InitRequest(
-        configuration=objects_pb2.Configuration(data_chunk_max_size=chunk_size),
-        session_id="bench-session",
-        task_id=f"task-{number}",
-        task_options=_OPTIONS,
-        expected_output_keys=[output_key(number)],
-        payload=objects_pb2.DataChunk(data=next(chunks, b"")),
-    )
-    yield _Request(communication_token=token, compute=_Compute(init_request=init))
-    for chunk in chunks:
-        payload = objects_pb2.DataChunk(data=chunk)
-        yield _Request(communication_token=token, compute=_Compute(payload=payload))
-    complete = objects_pb2.DataChunk(data_complete=True)
-    yield _Request(communication_token=token, compute=_Compute(payload=complete))
-    last = _Compute.InitData(last_data=True)
-    yield _Request(communication_token=token, compute=_Compute(init_data=last))
-
-
-def output_key(number: int) -> str:
-    return f"result-{number}"
-
-
 def chunked(data: bytes, chunk_size: int) -> Iterator[bytes]:
     # Cut as it is sent, so that the driver holds one chunk besides the payload.
     view = memoryview(data)
@@ -183,32 +70,21 @@ def chunked(data: bytes, chunk_size: int) -> Iterator[bytes]:
         yield bytes(view[start : start + chunk_size])
 
 
-def make_payload(size: int) -> bytes:
-    # A block of prime length, so that no chunk size lines up with its period.
-    block = (hashlib.sha256(b"gridpod").digest() * 2048)[:65_521]
-    repeats, rest = divmod(size, len(block))
-    return block * repeats + block[:rest]
-
-
 # --- worker subprocesses --------------------------------------------------------
 
 
-class WorkerProcess:
+class WorkerProcess(Child):
     """One worker subprocess: its socket, its log, its channel and /proc figures."""
 
     def __init__(self, name: str, command: Sequence[str], socket_path: Path) -> None:
-        self.name = name
-        self._command = list(command)
+        super().__init__(name, command, socket_path.with_suffix(".log"))
         self._socket_path = socket_path
-        self._log_path = socket_path.with_suffix(".log")
-        self._log: IO[bytes] | None = None
-        self._process: subprocess.Popen[bytes] | None = None
         self._channel: grpc.aio.Channel | None = None
         self.stub: worker_service_pb2_grpc.WorkerAsyncStub | None = None
 
     async def __aenter__(self) -> WorkerProcess:
         try:
-            self._start()
+            self.start()
             await self._wait_serving(timeout=30.0)
         except BaseException:
             await self.stop()
@@ -223,57 +99,14 @@ class WorkerProcess:
     ) -> None:
         await self.stop()
 
-    def _start(self) -> None:
-        self._log = self._log_path.open("wb")
-        path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
-        launcher = [sys.executable, "-c", _LAUNCHER, str(os.getpid())]
-        self._process = subprocess.Popen(
-            launcher + self._command,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def pid(self) -> int:
-        assert self._process is not None
-        return self._process.pid
-
-    def _check_alive(self) -> None:
-        assert self._process is not None
-        code = self._process.poll()
-        if code is not None:
-            raise BenchError(f"{self.name} exited with {code}:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 20) -> str:
-        text = self._log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
-
     async def _wait_serving(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        # Connect once the socket exists: a channel that failed to connect backs
-        # off for a second or more before it tries again.
-        while not self._socket_path.exists():
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise BenchError(f"{self.name} did not listen within {timeout} s")
-            await asyncio.sleep(0.02)
+        await wait_for_socket(self._socket_path, self, timeout)
         target = f"unix:{self._socket_path}"
         self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.stub = worker_service_pb2_grpc.WorkerStub(self._channel)
-        while time.monotonic() < deadline:
-            self._check_alive()
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await self.stub.HealthCheck(
-                    objects_pb2.Empty(), timeout=1.0, wait_for_ready=True
-                )
-                if reply.status == _SERVING:
-                    return
-            await asyncio.sleep(0.02)
-        raise BenchError(f"{self.name} was not SERVING within {timeout} s")
+        left = deadline - time.monotonic()
+        await wait_serving(self.stub, self.name, left, self.check_alive)
 
     async def process(
         self, messages: Iterable[_Request], timeout: float
@@ -284,39 +117,11 @@ class WorkerProcess:
             raise BenchError(f"{self.name}: a task failed: {reply.output}")
         return reply
 
-    def cpu_seconds(self) -> float:
-        """User and system time of the worker so far, all its threads included."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def memory_bytes(self, name: str) -> int:
-        """A line of /proc/PID/status in bytes: VmRSS now, or the peak VmHWM."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(f"{name}:"):
-                return int(line.split()[1]) * 1024
-        raise BenchError(f"no {name} in /proc/{self.pid}/status")
-
     async def stop(self) -> None:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            if not await _exited(self._process, timeout=5.0):
-                self._process.kill()
-                self._process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-async def _exited(process: subprocess.Popen[bytes], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while process.poll() is None:
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
+        await super().stop()
 
 
 class Workers:
@@ -512,10 +317,6 @@ async def payload_streaming(
 # --- report ---------------------------------------------------------------------
 
 
-def _row(label: str, cells: Iterable[str], width: int = 17) -> str:
-    return f"  {label:<22}" + "".join(f"{cell:>{width}}" for cell in cells)
-
-
 def report_empty(settings: Settings, samples: dict[str, TaskSample]) -> list[str]:
     floor = samples["floor"]
     sdk = {name: s for name, s in samples.items() if name != "floor"}
@@ -530,22 +331,22 @@ def report_empty(settings: Settings, samples: dict[str, TaskSample]) -> list[str
         f"interleaved rounds, after {settings.warmup} warm-up; one 2-byte result "
         "each)"
     )
-    print(_row("", samples))
-    print(_row("tasks/s", (f"{s.rate:.0f}" for s in samples.values())))
+    print(row("", samples))
+    print(row("tasks/s", (f"{s.rate:.0f}" for s in samples.values())))
     spreads = (
         f"{min(s.round_rates):.0f}-{max(s.round_rates):.0f}" for s in samples.values()
     )
-    print(_row("tasks/s of rounds", spreads))
+    print(row("tasks/s of rounds", spreads))
     for label, fraction in (("latency p50 (ms)", 0.5), ("latency p99 (ms)", 0.99)):
         values = (f"{s.percentile(fraction) * 1000:.3f}" for s in samples.values())
-        print(_row(label, values))
+        print(row(label, values))
     print(
-        _row(
+        row(
             "worker CPU/task (us)",
             (f"{s.cpu_per_task * 1e6:.0f}" for s in samples.values()),
         )
     )
-    print(_row("ratio to floor", [*(f"{r:.2f}" for r in ratios.values()), "-"]))
+    print(row("ratio to floor", [*(f"{r:.2f}" for r in ratios.values()), "-"]))
     return [
         f"TARGET MISSED: empty tasks {name}/floor = {ratio:.2f} < {TARGET_RATIO}"
         for name, ratio in ratios.items()
@@ -553,20 +354,16 @@ def report_empty(settings: Settings, samples: dict[str, TaskSample]) -> list[str
     ]
 
 
-def _mib(size: int) -> str:
-    return f"{size / MIB:.0f} MiB"
-
-
 def _payload_table(group: dict[str, PayloadSample], size: int) -> dict[str, float]:
     """Print one chunk size's figures; return each worker's RSS growth."""
     samples = group.values()
-    print(_row("", group))
-    print(_row("MB/s", (f"{size / s.seconds / 1e6:.0f}" for s in samples)))
-    print(_row("idle RSS", (_mib(s.idle_rss) for s in samples)))
-    print(_row("peak RSS (VmHWM)", (_mib(s.peak_rss) for s in samples)))
-    print(_row("peak / payload", (f"{s.peak_rss / size:.2f}x" for s in samples)))
+    print(row("", group))
+    print(row("MB/s", (f"{size / s.seconds / 1e6:.0f}" for s in samples)))
+    print(row("idle RSS", (mib(s.idle_rss) for s in samples)))
+    print(row("peak RSS (VmHWM)", (mib(s.peak_rss) for s in samples)))
+    print(row("peak / payload", (f"{s.peak_rss / size:.2f}x" for s in samples)))
     added = {name: (s.peak_rss - s.idle_rss) / size for name, s in group.items()}
-    print(_row("(peak - idle) / payload", (f"{a:.2f}x" for a in added.values())))
+    print(row("(peak - idle) / payload", (f"{a:.2f}x" for a in added.values())))
     ratio = group["floor"].seconds / group["sdk"].seconds
     print(f"  ratio sdk/floor {ratio:.2f} (MB/s)")
     return added
@@ -579,7 +376,7 @@ def report_payload(settings: Settings, samples: list[PayloadSample]) -> list[str
     for chunk_size in settings.chunk_sizes:
         print()
         print(
-            f"payload {_mib(size)} in {chunk_size:,}-byte chunks (the SDK {held}); "
+            f"payload {mib(size)} in {chunk_size:,}-byte chunks (the SDK {held}); "
             f"best of {settings.calls} tasks per worker"
         )
         group = {s.name: s for s in samples if s.chunk_size == chunk_size}
@@ -613,26 +410,19 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     )
     args = parser.parse_args(argv)
     tasks = (300 if args.quick else 3000) if args.tasks is None else args.tasks
-    mib = (32 if args.quick else 256) if args.payload_mib is None else args.payload_mib
-    if min(tasks, mib, args.chunk_bytes) < 1:
+    mebibytes = (
+        (32 if args.quick else 256) if args.payload_mib is None else args.payload_mib
+    )
+    if min(tasks, mebibytes, args.chunk_bytes) < 1:
         parser.error("--tasks, --payload-mib and --chunk-bytes must be positive")
     return Settings(
         tasks=tasks,
         warmup=50 if args.quick else 200,
         rounds=min(tasks, 3 if args.quick else 10),
-        payload_bytes=mib * MIB,
+        payload_bytes=mebibytes * MIB,
         calls=2 if args.quick else 3,
         chunk_sizes=tuple(dict.fromkeys([args.chunk_bytes, REFERENCE_CHUNK])),
     )
-
-
-def print_header() -> None:
-    versions = f"grpcio {grpc.__version__}, uvloop {version('uvloop')}"
-    print(
-        f"gridpod worker benchmark: Python {platform.python_version()}, "
-        f"{versions}, {os.cpu_count()} CPUs; figures vary from run to run"
-    )
-    print()
 
 
 async def run(settings: Settings) -> list[str]:
@@ -649,28 +439,10 @@ async def run(settings: Settings) -> list[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-async def main_async(settings: Settings) -> list[str]:
-    # SIGTERM cancels the run, so that the workers are stopped on the way out.
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await run(settings)
-
-
 def main() -> None:
     settings = parse_settings()
-    print_header()
-    started = time.monotonic()
-    try:
-        missed = uvloop.run(main_async(settings))
-    except BenchError as error:
-        sys.exit(f"benchmark failed: {error}")
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        sys.exit("benchmark interrupted; its workers are stopped")
-    print()
-    for line in missed:
-        print(line)
-    print(f"done in {time.monotonic() - started:.0f} s")
+    print_header("worker")
+    run_benchmark(run(settings))
 
 
 if __name__ == "__main__":
