@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -63,6 +64,12 @@ class _Held:
         self.stop_reason = self.stop_reason or reason
         if self.runner is not None:
             self.runner.cancel()
+
+
+def _report_start_failure(starting: asyncio.Future[None]) -> None:
+    if not starting.cancelled() and starting.exception() is not None:
+        # The commit that follows is refused the same way; say why once here.
+        logger.warning("recording the start of a task failed: %s", starting.exception())
 
 
 def _extra(attempt: Attempt, **more: object) -> dict[str, object]:
@@ -186,14 +193,20 @@ class TaskLoop:
                 delay = min(delay * 2, self._config.idle_poll.total_seconds())
                 continue
             delay = 0.001
-            held = _Held(attempt, await self._maybe_read(attempt), time.monotonic())
+            data = await self._maybe_read(attempt)
+            # The read-ahead copy is the only one kept; the attempt lives longer.
+            attempt = dataclasses.replace(attempt, payload_data=None)
+            held = _Held(attempt, data, time.monotonic())
             self._held[attempt.token] = held
             await self._ready.put(held)
 
     async def _acquire(self) -> Attempt | None:
         try:
             attempt = await self._backend.acquire(
-                self._config.agent_id, self._config.partition_id, self._config.lease
+                self._config.agent_id,
+                self._config.partition_id,
+                self._config.lease,
+                payload_up_to=self._config.prefetch_max_size,
             )
         except BackendError:
             logger.exception("acquiring a task failed")
@@ -213,6 +226,8 @@ class TaskLoop:
     async def _maybe_read(self, attempt: Attempt) -> TaskData | None:
         """Read small task data ahead; large data is streamed when the task runs."""
         task = attempt.task
+        if attempt.payload_data is not None and not task.data_dependencies:
+            return TaskData(payload=[attempt.payload_data])
         if task.payload.size > self._config.prefetch_max_size:
             return None
         total = task.payload.size
@@ -280,11 +295,10 @@ class TaskLoop:
         if held.stop_reason is not None:
             await self._after_stop(held)
             return
-        try:
-            await self._backend.start(attempt)
-        except LeaseLost:
-            logger.warning("task %s: lease lost before start", attempt.task.task_id)
-            return
+        # Not awaited: the backend runs calls in order, so PROCESSING is recorded
+        # before anything the worker sends, and the call leaves the critical path.
+        starting = asyncio.ensure_future(self._backend.start(attempt))
+        starting.add_done_callback(_report_start_failure)
         self._log(attempt, "processing", TaskStatus.PROCESSING)
         max_duration = attempt.task.options.max_duration
         timeout = max_duration.ToTimedelta().total_seconds() or None
@@ -395,7 +409,7 @@ class TaskLoop:
         status: TaskStatus,
         held: _Held | None = None,
     ) -> None:
-        _metrics.TRANSITIONS.labels(status=status.name).inc()
+        _metrics.transitions(status.name).inc()
         duration = time.monotonic() - held.acquired if held is not None else 0.0
         if held is not None and status.is_final:
             _metrics.TASK_SECONDS.observe(duration)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _SECONDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600, 3600)
@@ -33,3 +35,9 @@ WORKER_UP = Gauge(
     "gridpod_agent_worker_up", "1 while the worker answers health checks."
 )
 RUNNING = Gauge("gridpod_agent_tasks_running", "Tasks running on the worker now.")
+
+
+@functools.cache
+def transitions(status: str) -> Counter:
+    """The transition counter of one status, looked up once (``labels`` locks)."""
+    return TRANSITIONS.labels(status=status)

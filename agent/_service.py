@@ -20,7 +20,6 @@ from agent.backend import (
     Attempt,
     Backend,
     BackendError,
-    BlobRef,
     NewTask,
     NotCompleted,
     NotFound,
@@ -124,53 +123,42 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
             await _abort(context, error)
         if isinstance(received, str):
             return self._result_error(attempt.token, received)
-        try:
-            for key, blob in received:
-                await self._backend.stage_result(attempt, key, blob)
-        except BackendError as error:
-            return self._result_error(attempt.token, str(error))
         return agent_common_pb2.ResultReply(
             communication_token=attempt.token, Ok=objects_pb2.Empty()
         )
 
     async def _receive_results(
         self, stream: _Stream, message: Any, attempt: Attempt
-    ) -> list[tuple[str, BlobRef]] | str:
-        """Every (key, blob) of the stream, or the in-band error to answer."""
-        received: list[tuple[str, BlobRef]] = []
+    ) -> int | str:
+        """Stage every result of the stream; their count, or the in-band error.
+
+        A result is staged once its data is complete, so a stream broken midway
+        leaves the earlier, whole results staged and nothing of the broken one.
+        """
+        staged = 0
         while True:
             if _kind(message) != "init":
                 got = _kind(message) or "an empty message"
                 raise _GrammarError(f"SendResult expected init, got {got}")
             if _kind(message.init) != "key":
-                return received  # init.last_result, or an empty init ending the stream
+                return staged  # init.last_result, or an empty init ending the stream
             key = message.init.key
-            refusal = await self._ownership_refusal(attempt, key)
-            if refusal is not None:
-                return refusal
-            blob = await self._backend.write_blob(
-                _chunks(stream, "data", f"data of result {key!r}")
-            )
+            chunks = _chunks(stream, "data", f"data of result {key!r}")
+            try:
+                blob = await self._backend.stage_result_data(attempt, key, chunks)
+            except BackendError as error:
+                return str(error)
             _metrics.BYTES_FROM_WORKER.inc(blob.size)
-            received.append((key, blob))
+            staged += 1
             message = await self._next_result_or_end(stream)
             if message is None:
-                return received
+                return staged
 
     async def _next_result_or_end(self, stream: _Stream) -> Any | None:
         try:
             return await stream.next("init")
         except _StreamEnded:
             return None  # a stream may end right after a complete result
-
-    async def _ownership_refusal(self, attempt: Attempt, key: str) -> str | None:
-        try:
-            result = await self._backend.get_result(attempt.task.session_id, key)
-        except NotFound:
-            return f"result {key!r} does not exist in session {attempt.task.session_id}"
-        if result.owner_task_id != attempt.task.task_id:
-            return f"task {attempt.task.task_id} does not own result {key!r}"
-        return None
 
     @staticmethod
     def _result_error(token: str, reason: str) -> agent_common_pb2.ResultReply:

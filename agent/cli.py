@@ -164,7 +164,8 @@ def run(
     )
     if agent_id:
         config = dataclasses.replace(config, agent_id=agent_id)
-    _open(backend_url)  # fail fast on a bad URL, before the loop starts
+    # Fail fast on a bad URL or an unreadable state file, before the loop starts.
+    asyncio.run(_open(backend_url).close())
     try:
         run_loop(_serve(config))
     except (AgentError, WorkerSdkError) as error:

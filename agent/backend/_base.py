@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntEnum
 
@@ -161,6 +161,8 @@ class Attempt:
     # Unguessable; the worker's communication token for this attempt.
     token: str
     lease_expires_at: datetime
+    # The payload itself, when acquire was asked to bring payloads this small.
+    payload_data: bytes | None = field(default=None, repr=False, compare=False)
 
 
 class Backend(abc.ABC):
@@ -234,9 +236,17 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def acquire(
-        self, agent_id: str, partition_id: str, lease: timedelta
+        self,
+        agent_id: str,
+        partition_id: str,
+        lease: timedelta,
+        *,
+        payload_up_to: int = 0,
     ) -> Attempt | None:
         """Take the next SUBMITTED task of the partition, or None if there is none.
+
+        A payload of at most ``payload_up_to`` bytes comes with the attempt
+        (``payload_data``), sparing the caller a read of its blob.
 
         Highest priority first, then oldest. The task becomes DISPATCHED, owned by
         ``agent_id`` until the lease expires, and the attempt gets a fresh token.
@@ -244,7 +254,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def start(self, attempt: Attempt) -> None:
-        """DISPATCHED -> PROCESSING. Raises ``LeaseLost``."""
+        """DISPATCHED -> PROCESSING. Raises ``LeaseLost``.
+
+        The agent does not wait for it before streaming the task to the worker: a
+        backend applies one instance's calls in the order they were made, so the
+        transitions that follow see the task PROCESSING.
+        """
 
     @abc.abstractmethod
     async def renew(self, attempt: Attempt, lease: timedelta) -> Attempt:
@@ -260,6 +275,17 @@ class Backend(abc.ABC):
         blob, ``LeaseLost`` and ``TaskCancelled`` as ``complete``. Staging a key
         again replaces the earlier value.
         """
+
+    async def stage_result_data(
+        self, attempt: Attempt, key: str, chunks: AsyncIterable[bytes]
+    ) -> BlobRef:
+        """Store ``chunks`` and stage them as the value of ``key``, as ``stage_result``.
+
+        A backend may do both in one step; this default writes the blob first.
+        """
+        blob = await self.write_blob(chunks)
+        await self.stage_result(attempt, key, blob)
+        return blob
 
     @abc.abstractmethod
     async def stage_subtasks(

@@ -122,12 +122,19 @@ logger = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+# (succeeded, its value or its exception)
+_Outcome = tuple[bool, Any]
+# (the call, where its outcome goes, whether it may share a transaction)
+_Job = tuple[Callable[[], Any], Callable[[_Outcome], None], bool]
 
 _SCHEMA_VERSION = 1
 # RETURNING and UPDATE ... FROM keep most transitions to a few statements.
 _MIN_SQLITE = (3, 35, 0)
 # Bounds what one transaction writes and one read hop returns of a blob.
 _BATCH_BYTES = 1 << 20
+# Calls queued while the backend thread is busy run as one transaction, up to this
+# many: enough to share a commit, few enough to keep the write lock briefly.
+_GROUP_MAX = 32
 _BATCH_CHUNKS = 256
 
 _CREATING = f"{TaskStatus.CREATING:d}"
@@ -831,6 +838,7 @@ class _Store:
                 f"or later; this Python links SQLite {sqlite3.sqlite_version}"
             )
         seconds = busy_timeout.total_seconds()
+        self._grouped = False
         self._db = sqlite3.connect(path, timeout=seconds, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA synchronous = NORMAL")
@@ -857,6 +865,9 @@ class _Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        if self._grouped:
+            yield from self._savepoint()
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -865,6 +876,42 @@ class _Store:
                 self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def _savepoint(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("SAVEPOINT transition")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK TO transition")
+            self._db.execute("RELEASE transition")
+            raise
+        self._db.execute("RELEASE transition")
+
+    def run_group(self, calls: Sequence[Callable[[], Any]]) -> list[_Outcome]:
+        """Run several calls as one transaction, each in a savepoint of its own.
+
+        What one call changes is isolated from the others' failures, and the group
+        pays for one commit instead of one per call. Outcomes count only once the
+        commit succeeded; if it fails, every call of the group failed with it.
+        """
+        outcomes: list[_Outcome] = []
+        self._db.execute("BEGIN IMMEDIATE")
+        self._grouped = True
+        try:
+            for call in calls:
+                try:
+                    outcomes.append((True, call()))
+                except Exception as error:
+                    outcomes.append((False, error))
+        finally:
+            self._grouped = False
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            return [(False, error)] * len(calls)
+        return outcomes
 
     # -- sessions -----------------------------------------------------------------
 
@@ -997,7 +1044,7 @@ class _Store:
     # -- the agent's side ---------------------------------------------------------
 
     def acquire(
-        self, agent_id: str, partition_id: str, lease: timedelta
+        self, agent_id: str, partition_id: str, lease: timedelta, payload_up_to: int
     ) -> Attempt | None:
         token = secrets.token_urlsafe(32)
         with self._transaction() as db:
@@ -1006,7 +1053,12 @@ class _Store:
             row = _one(db, _ACQUIRE, (agent_id, token, expires, now, partition_id))
         if row is None:
             return None
-        return Attempt(_task_record(row), agent_id, token, _utc(expires))
+        payload = None
+        if row["payload_size"] <= payload_up_to:
+            payload = b"".join(self.chunks(row["payload_blob"], 0))
+        return Attempt(
+            _task_record(row), agent_id, token, _utc(expires), payload_data=payload
+        )
 
     def start(self, attempt: Attempt) -> None:
         with self._transaction() as db:
@@ -1033,28 +1085,60 @@ class _Store:
     def stage_result(self, attempt: Attempt, key: str, data: BlobRef) -> None:
         with self._transaction() as db:
             step = _Transition(db)
-            row = step.attempt(attempt)
-            task_id, session_id = row["task_id"], row["session_id"]
-            result = _one(
-                db,
-                "SELECT owner_task_id, status, pending_owner FROM results "
-                "WHERE session_id = ? AND key = ?",
-                (session_id, key),
-            )
-            _check_owned(task_id, session_id, key, result)
-            size = step.blob_size(data.blob_id)
-            replaced = _column(
-                db,
-                "SELECT blob_id FROM staged_results WHERE task_id = ? AND key = ?",
-                (task_id, key),
-            )
+            task_id = self._owned(step, attempt, key)
+            self._stage(step, task_id, key, data.blob_id, step.blob_size(data.blob_id))
+
+    def stage_small_result(
+        self, attempt: Attempt, key: str, blob_id: str, chunks: list[bytes], size: int
+    ) -> BlobRef:
+        """Store the chunks as a blob and stage it, in one transaction."""
+        with self._transaction() as db:
+            step = _Transition(db)
+            task_id = self._owned(step, attempt, key)
             db.execute(
-                "INSERT INTO staged_results (task_id, key, blob_id, size) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (task_id, key) DO UPDATE "
-                "SET blob_id = excluded.blob_id, size = excluded.size",
-                (task_id, key, data.blob_id, size),
+                "INSERT INTO blobs (blob_id, size, chunk_count) VALUES (?, ?, ?)",
+                (blob_id, size, len(chunks)),
             )
-            step.drop_blobs(b for b in replaced if b != data.blob_id)
+            db.executemany(
+                "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (?, ?, ?)",
+                [(blob_id, seq, chunk) for seq, chunk in enumerate(chunks)],
+            )
+            self._stage(step, task_id, key, blob_id, size)
+        return BlobRef(blob_id, size)
+
+    def check_owned(self, attempt: Attempt, key: str) -> None:
+        self._owned(_Transition(self._db), attempt, key)
+
+    @staticmethod
+    def _owned(step: _Transition, attempt: Attempt, key: str) -> str:
+        """The attempt's task id, if the task may send ``key``; else raise."""
+        row = step.attempt(attempt)
+        task_id, session_id = row["task_id"], row["session_id"]
+        result = _one(
+            step.db,
+            "SELECT owner_task_id, status, pending_owner FROM results "
+            "WHERE session_id = ? AND key = ?",
+            (session_id, key),
+        )
+        _check_owned(task_id, session_id, key, result)
+        return str(task_id)
+
+    @staticmethod
+    def _stage(
+        step: _Transition, task_id: str, key: str, blob_id: str, size: int
+    ) -> None:
+        replaced = _column(
+            step.db,
+            "SELECT blob_id FROM staged_results WHERE task_id = ? AND key = ?",
+            (task_id, key),
+        )
+        step.db.execute(
+            "INSERT INTO staged_results (task_id, key, blob_id, size) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (task_id, key) DO UPDATE "
+            "SET blob_id = excluded.blob_id, size = excluded.size",
+            (task_id, key, blob_id, size),
+        )
+        step.drop_blobs(b for b in replaced if b != blob_id)
 
     def complete(self, attempt: Attempt) -> TaskRecord:
         with self._transaction() as db:
@@ -1257,56 +1341,103 @@ def _reject(future: asyncio.Future[_T], error: BaseException) -> None:
 
 
 class _Thread:
-    """The backend's own thread, running calls one at a time.
+    """The backend's own thread, running calls one at a time, or in groups.
 
     Leaner than a one-thread executor: a call is one queue put and one wake-up of
-    the event loop, which matters at several calls per task.
+    the event loop, which matters at several calls per task. Calls that queue up
+    while the thread is busy run as one group: one transaction and one commit.
     """
 
     def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._group: Callable[[Sequence[Callable[[], Any]]], list[_Outcome]] | None
+        self._group = None
         # A daemon, so that a backend never closed does not keep the process alive;
         # a transaction cut short by the exit is rolled back by the next opener.
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
+    def group_with(
+        self, run_group: Callable[[Sequence[Callable[[], Any]]], list[_Outcome]]
+    ) -> None:
+        self._group = run_group
+
     def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job()
+        # A job taken off the queue that could not join the batch before it.
+        carried: list[_Job | None] = []
+        while True:
+            job = carried.pop() if carried else self._jobs.get()
+            if job is None:
+                return
+            batch = [job]
+            while job[2] and len(batch) < _GROUP_MAX:
+                try:
+                    queued = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if queued is None or not queued[2]:
+                    carried.append(queued)
+                    break
+                batch.append(queued)
+            self._run(batch)
+
+    def _run(self, batch: list[_Job]) -> None:
+        if len(batch) == 1 or self._group is None:
+            for fn, deliver, _ in batch:
+                try:
+                    deliver((True, fn()))
+                except BaseException as error:
+                    deliver((False, error))
+            return
+        try:
+            outcomes = self._group([fn for fn, _, _ in batch])
+        except BaseException as error:
+            outcomes = [(False, error)] * len(batch)
+        for (_, deliver, _), outcome in zip(batch, outcomes, strict=True):
+            deliver(outcome)
 
     def run(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` on the thread and wait for it, blocking the caller."""
         done: concurrent.futures.Future[_T] = concurrent.futures.Future()
 
-        def job() -> None:
-            try:
-                done.set_result(fn())
-            except BaseException as error:
-                done.set_exception(error)
+        def deliver(outcome: _Outcome) -> None:
+            ok, value = outcome
+            if ok:
+                done.set_result(value)
+            else:
+                done.set_exception(value)
 
-        self._jobs.put(job)
+        self._jobs.put((fn, deliver, False))
         return done.result()
 
-    async def call(self, fn: Callable[[], _T]) -> _T:
+    async def call(self, fn: Callable[[], _T], *, groupable: bool = True) -> _T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
 
-        def job() -> None:
+        def deliver(outcome: _Outcome) -> None:
+            ok, value = outcome
             # A closed loop has nobody left to tell.
             with contextlib.suppress(RuntimeError):
-                try:
-                    result = fn()
-                except BaseException as error:
-                    loop.call_soon_threadsafe(_reject, future, error)
+                if ok:
+                    loop.call_soon_threadsafe(_resolve, future, value)
                 else:
-                    loop.call_soon_threadsafe(_resolve, future, result)
+                    loop.call_soon_threadsafe(_reject, future, value)
 
-        self._jobs.put(job)
+        self._jobs.put((fn, deliver, groupable))
         return await future
 
     def stop(self) -> None:
         """Let the thread end once the calls queued so far have run."""
         self._jobs.put(None)
+
+
+async def _chained(
+    first: list[bytes], rest: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    for chunk in first:
+        yield chunk
+    async for chunk in rest:
+        yield chunk
 
 
 class SqliteBackend(Backend):
@@ -1325,6 +1456,7 @@ class SqliteBackend(Backend):
             self._store = self._thread.run(
                 functools.partial(_Store, self._path, busy_timeout)
             )
+            self._thread.group_with(self._store.run_group)
         except sqlite3.Error as err:
             self._thread.stop()
             raise BackendError(
@@ -1357,7 +1489,7 @@ class SqliteBackend(Backend):
             return
         self._closed = True
         try:
-            await self._thread.call(self._store.close)
+            await self._thread.call(self._store.close, groupable=False)
         finally:
             self._thread.stop()
 
@@ -1440,15 +1572,49 @@ class SqliteBackend(Backend):
     # -- the agent's side ---------------------------------------------------------
 
     async def acquire(
-        self, agent_id: str, partition_id: str, lease: timedelta
+        self,
+        agent_id: str,
+        partition_id: str,
+        lease: timedelta,
+        *,
+        payload_up_to: int = 0,
     ) -> Attempt | None:
-        return await self._call(self._store.acquire, agent_id, partition_id, lease)
+        return await self._call(
+            self._store.acquire, agent_id, partition_id, lease, payload_up_to
+        )
 
     async def start(self, attempt: Attempt) -> None:
         await self._call(self._store.start, attempt)
 
     async def renew(self, attempt: Attempt, lease: timedelta) -> Attempt:
         return await self._call(self._store.renew, attempt, lease)
+
+    async def stage_result_data(
+        self, attempt: Attempt, key: str, chunks: AsyncIterable[bytes]
+    ) -> BlobRef:
+        iterator = aiter(chunks)
+        batch: list[bytes] = []
+        size = 0
+        while size < _BATCH_BYTES and len(batch) < _BATCH_CHUNKS:
+            try:
+                chunk = await anext(iterator)
+            except StopAsyncIteration:
+                # The common case of a small result: one transaction for it all.
+                return await self._call(
+                    self._store.stage_small_result,
+                    attempt,
+                    key,
+                    uuid.uuid4().hex,
+                    batch,
+                    size,
+                )
+            batch.append(bytes(chunk))
+            size += len(chunk)
+        # A large result: refuse a key the task does not own before storing data.
+        await self._call(self._store.check_owned, attempt, key)
+        blob = await self.write_blob(_chained(batch, iterator))
+        await self.stage_result(attempt, key, blob)
+        return blob
 
     async def stage_result(self, attempt: Attempt, key: str, data: BlobRef) -> None:
         await self._call(self._store.stage_result, attempt, key, data)
