@@ -28,6 +28,7 @@ from agent.backend import (
     BackendError,
     LeaseLost,
     MissingOutputs,
+    NotOwned,
     TaskCancelled,
     TaskStatus,
 )
@@ -302,7 +303,7 @@ class TaskLoop:
         self._log(attempt, "processing", TaskStatus.PROCESSING)
         max_duration = attempt.task.options.max_duration
         timeout = max_duration.ToTimedelta().total_seconds() or None
-        self._registry.add(attempt)
+        running = self._registry.add(attempt)
         _metrics.RUNNING.inc()
         held.runner = asyncio.create_task(
             self._worker.process(attempt, held.data, timeout)
@@ -321,7 +322,7 @@ class TaskLoop:
         finally:
             _metrics.RUNNING.dec()
             self._registry.remove(attempt)
-        await self._finish(held, reply)
+        await self._finish(held, reply, running.results)
 
     async def _after_stop(self, held: _Held) -> None:
         attempt = held.attempt
@@ -349,7 +350,12 @@ class TaskLoop:
         if error.code() in _WORKER_DOWN:
             self._worker_failed()
 
-    async def _finish(self, held: _Held, reply: worker_common_pb2.ProcessReply) -> None:
+    async def _finish(
+        self,
+        held: _Held,
+        reply: worker_common_pb2.ProcessReply,
+        results: dict[str, bytes],
+    ) -> None:
         output = reply.output
         if output.WhichOneof("type") != "ok":
             details = output.error.details if output.HasField("error") else ""
@@ -357,8 +363,8 @@ class TaskLoop:
             return
         attempt = held.attempt
         try:
-            await self._backend.complete(attempt)
-        except MissingOutputs as error:
+            await self._backend.complete(attempt, results)
+        except (MissingOutputs, NotOwned) as error:
             await self._fail(held, str(error))
             return
         except TaskCancelled:

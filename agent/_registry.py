@@ -2,30 +2,44 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.backend import Attempt
 
-__all__ = ["AttemptRegistry"]
+__all__ = ["AttemptRegistry", "Running"]
 
 
-@dataclass
+@dataclass(eq=False)
+class Running:
+    """An attempt handed to the worker, and what the agent holds for it."""
+
+    attempt: Attempt
+    # Small results the worker sent, kept here and stored by the commit itself:
+    # a task's whole commit, its results included, is then one transaction.
+    results: dict[str, bytes] = field(default_factory=dict)
+    # Expected outputs the attempt handed over to subtasks it created.
+    delegated: set[str] = field(default_factory=set)
+
+    def owns(self, key: str) -> bool:
+        return key in self.attempt.task.expected_outputs and key not in self.delegated
+
+
 class AttemptRegistry:
     """Tokens are valid from the moment an attempt is handed to the worker until
-    it ends; the Agent service refuses every other token."""
-
-    _by_token: dict[str, Attempt]
+    its Process call ends; the Agent service refuses every other token."""
 
     def __init__(self) -> None:
-        self._by_token = {}
+        self._by_token: dict[str, Running] = {}
 
-    def add(self, attempt: Attempt) -> None:
-        self._by_token[attempt.token] = attempt
+    def add(self, attempt: Attempt) -> Running:
+        running = Running(attempt)
+        self._by_token[attempt.token] = running
+        return running
 
-    def remove(self, attempt: Attempt) -> None:
-        self._by_token.pop(attempt.token, None)
+    def remove(self, attempt: Attempt) -> Running | None:
+        return self._by_token.pop(attempt.token, None)
 
-    def get(self, token: str) -> Attempt | None:
+    def get(self, token: str) -> Running | None:
         return self._by_token.get(token) if token else None
 
     def __len__(self) -> int:

@@ -15,7 +15,8 @@ from typing import Any, NoReturn
 import grpc
 
 from agent import _metrics
-from agent._registry import AttemptRegistry
+from agent._chunks import chained, single
+from agent._registry import AttemptRegistry, Running
 from agent.backend import (
     Attempt,
     Backend,
@@ -23,6 +24,7 @@ from agent.backend import (
     NewTask,
     NotCompleted,
     NotFound,
+    TaskRecord,
     TaskRefusal,
 )
 from gridpod_api import agent_common_pb2, agent_service_pb2_grpc, objects_pb2
@@ -34,6 +36,9 @@ _Context = grpc.aio.ServicerContext[Any, Any]
 _DataReply = agent_common_pb2.DataReply
 
 _UNKNOWN_TOKEN = "the communication token names no running task"
+
+# Results up to this size wait in memory and are stored by the task's commit.
+_HELD_RESULT_MAX = 1024 * 1024
 
 
 class _GrammarError(Exception):
@@ -115,44 +120,67 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
         stream = _Stream(request_iterator, "SendResult")
         try:
             first = await stream.next("init")
-            attempt = self._registry.get(first.communication_token)
-            if attempt is None:
+            running = self._registry.get(first.communication_token)
+            if running is None:
                 return self._result_error(first.communication_token, _UNKNOWN_TOKEN)
-            received = await self._receive_results(stream, first, attempt)
+            received = await self._receive_results(stream, first, running)
         except _GrammarError as error:
             await _abort(context, error)
+        token = running.attempt.token
         if isinstance(received, str):
-            return self._result_error(attempt.token, received)
+            return self._result_error(token, received)
         return agent_common_pb2.ResultReply(
-            communication_token=attempt.token, Ok=objects_pb2.Empty()
+            communication_token=token, Ok=objects_pb2.Empty()
         )
 
     async def _receive_results(
-        self, stream: _Stream, message: Any, attempt: Attempt
+        self, stream: _Stream, message: Any, running: Running
     ) -> int | str:
-        """Stage every result of the stream; their count, or the in-band error.
+        """Take every result of the stream; their count, or the in-band error.
 
-        A result is staged once its data is complete, so a stream broken midway
-        leaves the earlier, whole results staged and nothing of the broken one.
+        A result counts once its data is complete, so a stream broken midway
+        leaves the earlier, whole results and nothing of the broken one.
         """
-        staged = 0
+        received = 0
         while True:
             if _kind(message) != "init":
                 got = _kind(message) or "an empty message"
                 raise _GrammarError(f"SendResult expected init, got {got}")
             if _kind(message.init) != "key":
-                return staged  # init.last_result, or an empty init ending the stream
+                return received  # init.last_result, or an empty init ending it
             key = message.init.key
+            if not running.owns(key):
+                return (
+                    f"task {running.attempt.task.task_id} does not own result {key!r}"
+                )
             chunks = _chunks(stream, "data", f"data of result {key!r}")
             try:
-                blob = await self._backend.stage_result_data(attempt, key, chunks)
+                size = await self._keep_result(running, key, chunks)
             except BackendError as error:
                 return str(error)
-            _metrics.BYTES_FROM_WORKER.inc(blob.size)
-            staged += 1
+            _metrics.BYTES_FROM_WORKER.inc(size)
+            received += 1
             message = await self._next_result_or_end(stream)
             if message is None:
-                return staged
+                return received
+
+    async def _keep_result(
+        self, running: Running, key: str, chunks: AsyncIterator[bytes]
+    ) -> int:
+        """Hold a small result for the commit; stage a large one in the backend."""
+        held: list[bytes] = []
+        size = 0
+        async for chunk in chunks:
+            held.append(chunk)
+            size += len(chunk)
+            if size > _HELD_RESULT_MAX:
+                running.results.pop(key, None)
+                blob = await self._backend.stage_result_data(
+                    running.attempt, key, chained(held, chunks)
+                )
+                return blob.size
+        running.results[key] = b"".join(held)
+        return size
 
     async def _next_result_or_end(self, stream: _Stream) -> Any | None:
         try:
@@ -179,18 +207,32 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
                 raise _GrammarError(
                     f"CreateTask expected init_request first, got {_kind(first)}"
                 )
-            attempt = self._registry.get(first.communication_token)
-            if attempt is None:
+            running = self._registry.get(first.communication_token)
+            if running is None:
                 return self._creation_error(first.communication_token, _UNKNOWN_TOKEN)
             tasks = await self._receive_tasks(stream)
         except _GrammarError as error:
             await _abort(context, error)
+        attempt = running.attempt
         options = first.init_request.task_options
         try:
+            # The backend refuses to delegate an output already sent: it must see
+            # the results held here before it decides.
+            await self._stage_held_results(running)
             created = await self._backend.stage_subtasks(attempt, tasks, options)
         except BackendError as error:
             return self._creation_error(attempt.token, str(error))
+        for task in created:
+            if isinstance(task, TaskRecord):
+                running.delegated.update(
+                    set(task.expected_outputs) & set(attempt.task.expected_outputs)
+                )
         return self._creation_reply(attempt.token, created)
+
+    async def _stage_held_results(self, running: Running) -> None:
+        while running.results:
+            key, data = running.results.popitem()
+            await self._backend.stage_result_data(running.attempt, key, single(data))
 
     async def _receive_tasks(self, stream: _Stream) -> list[NewTask]:
         tasks: list[NewTask] = []
@@ -283,11 +325,11 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
         source: Callable[[Attempt], AsyncIterator[bytes]],
     ) -> AsyncIterator[agent_common_pb2.DataReply]:
         token, key = request.communication_token, request.key
-        attempt = self._registry.get(token)
-        if attempt is None:
+        running = self._registry.get(token)
+        if running is None:
             yield _DataReply(communication_token=token, error=_UNKNOWN_TOKEN)
             return
-        chunks = self._rechunked(source(attempt))
+        chunks = self._rechunked(source(running.attempt))
         try:
             first = await anext(chunks, b"")
         except (NotFound, NotCompleted) as error:

@@ -20,7 +20,7 @@ over its outputs, with ``retry_of_ids`` naming every earlier attempt.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntEnum
@@ -307,8 +307,14 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def complete(self, attempt: Attempt) -> TaskRecord:
+    async def complete(
+        self, attempt: Attempt, results: Mapping[str, bytes] | None = None
+    ) -> TaskRecord:
         """Commit the attempt in one transaction.
+
+        ``results`` are values the caller held rather than staged: they are
+        staged first, in the same transaction, under the same ownership rule
+        (``NotOwned`` commits nothing).
 
         Staged results become COMPLETED; delegated outputs change owner; staged
         subtasks are SUBMITTED or wait for their dependencies; the task becomes

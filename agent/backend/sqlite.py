@@ -82,6 +82,7 @@ from collections.abc import (
     Callable,
     Iterable,
     Iterator,
+    Mapping,
     Sequence,
 )
 from contextlib import contextmanager
@@ -90,6 +91,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from agent._chunks import chained
 from agent.backend._base import (
     Attempt,
     Backend,
@@ -1093,18 +1095,28 @@ class _Store:
     ) -> BlobRef:
         """Store the chunks as a blob and stage it, in one transaction."""
         with self._transaction() as db:
-            step = _Transition(db)
-            task_id = self._owned(step, attempt, key)
-            db.execute(
-                "INSERT INTO blobs (blob_id, size, chunk_count) VALUES (?, ?, ?)",
-                (blob_id, size, len(chunks)),
-            )
-            db.executemany(
-                "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (?, ?, ?)",
-                [(blob_id, seq, chunk) for seq, chunk in enumerate(chunks)],
-            )
-            self._stage(step, task_id, key, blob_id, size)
+            self._stage_data(_Transition(db), attempt, key, blob_id, chunks, size)
         return BlobRef(blob_id, size)
+
+    def _stage_data(
+        self,
+        step: _Transition,
+        attempt: Attempt,
+        key: str,
+        blob_id: str,
+        chunks: list[bytes],
+        size: int,
+    ) -> None:
+        task_id = self._owned(step, attempt, key)
+        step.db.execute(
+            "INSERT INTO blobs (blob_id, size, chunk_count) VALUES (?, ?, ?)",
+            (blob_id, size, len(chunks)),
+        )
+        step.db.executemany(
+            "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (?, ?, ?)",
+            [(blob_id, seq, chunk) for seq, chunk in enumerate(chunks)],
+        )
+        self._stage(step, task_id, key, blob_id, size)
 
     def check_owned(self, attempt: Attempt, key: str) -> None:
         self._owned(_Transition(self._db), attempt, key)
@@ -1140,9 +1152,15 @@ class _Store:
         )
         step.drop_blobs(b for b in replaced if b != blob_id)
 
-    def complete(self, attempt: Attempt) -> TaskRecord:
+    def complete(
+        self, attempt: Attempt, results: Mapping[str, bytes] | None = None
+    ) -> TaskRecord:
         with self._transaction() as db:
             step = _Transition(db)
+            for key, data in (results or {}).items():
+                self._stage_data(
+                    step, attempt, key, uuid.uuid4().hex, [data], len(data)
+                )
             row = step.attempt(attempt)
             task_id, session_id = row["task_id"], row["session_id"]
             unsent = _column(db, _UNSENT_OUTPUTS, (task_id,))
@@ -1431,15 +1449,6 @@ class _Thread:
         self._jobs.put(None)
 
 
-async def _chained(
-    first: list[bytes], rest: AsyncIterator[bytes]
-) -> AsyncIterator[bytes]:
-    for chunk in first:
-        yield chunk
-    async for chunk in rest:
-        yield chunk
-
-
 class SqliteBackend(Backend):
     """The backend kept in one SQLite file; see the module's documentation."""
 
@@ -1612,7 +1621,7 @@ class SqliteBackend(Backend):
             size += len(chunk)
         # A large result: refuse a key the task does not own before storing data.
         await self._call(self._store.check_owned, attempt, key)
-        blob = await self.write_blob(_chained(batch, iterator))
+        blob = await self.write_blob(chained(batch, iterator))
         await self.stage_result(attempt, key, blob)
         return blob
 
@@ -1627,8 +1636,10 @@ class SqliteBackend(Backend):
     ) -> list[TaskRecord | TaskRefusal]:
         return await self._call(self._store.stage_subtasks, attempt, tasks, options)
 
-    async def complete(self, attempt: Attempt) -> TaskRecord:
-        return await self._call(self._store.complete, attempt)
+    async def complete(
+        self, attempt: Attempt, results: Mapping[str, bytes] | None = None
+    ) -> TaskRecord:
+        return await self._call(self._store.complete, attempt, results)
 
     async def fail(
         self, attempt: Attempt, error: str, status: TaskStatus = TaskStatus.ERROR

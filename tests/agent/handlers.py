@@ -11,7 +11,15 @@ from typing import Any
 import grpc
 
 from gridpod_api import agent_common_pb2, agent_service_pb2_grpc, objects_pb2
-from worker_sdk import Address, Task, TaskDefinition, TaskHandler, TaskOptions, kernel
+from worker_sdk import (
+    Address,
+    Task,
+    TaskCreationRefused,
+    TaskDefinition,
+    TaskHandler,
+    TaskOptions,
+    kernel,
+)
 
 
 def _kernel(name: str) -> TaskOptions:
@@ -157,3 +165,16 @@ class Grid(TaskHandler):
         await channel.close()
         await task.send_result("partial", b"clean")
         await task.send_result("codes", "|".join(codes).encode())
+
+    @kernel("send-then-delegate")
+    async def send_then_delegate(self, task: Task) -> None:
+        """Sends ``out``, then tries to hand it to a subtask; reports the refusal."""
+        await task.send_result("out", b"mine")
+        try:
+            await task.create_tasks(
+                [TaskDefinition(payload=b"", expected_outputs=["out"])]
+            )
+        except TaskCreationRefused as error:
+            await task.send_result("why", str(error).encode())
+        else:
+            await task.send_result("why", b"accepted")

@@ -294,3 +294,12 @@ async def test_concurrency_runs_tasks_side_by_side_on_one_worker(grid: Grid) -> 
     first_end = min(r.ended_at for r in records if r.ended_at is not None)
     # Every task started before any ended: the four ran at the same time.
     assert all(r.started_at is not None and r.started_at < first_end for r in records)
+
+
+async def test_an_output_already_sent_cannot_be_delegated(grid: Grid) -> None:
+    grid.pod()
+    session = await grid.session()
+    await grid.submit(session, b"", ["out", "why"], options("send-then-delegate"))
+    assert await grid.value(session, "out") == b"mine"
+    why = await grid.value(session, "why")
+    assert b"already sent it" in why, why
