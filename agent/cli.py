@@ -21,10 +21,9 @@ from agent._config import AgentConfig
 from agent._errors import AgentError
 from agent._sidecar import Sidecar
 from agent.backend import Backend, NotFound, open_backend
-from worker_sdk._address import DEFAULT_AGENT_ADDRESS, DEFAULT_WORKER_ADDRESS
 from worker_sdk._errors import WorkerSdkError
 from worker_sdk._logging import configure as configure_logging
-from worker_sdk._runtime import address_parameter
+from worker_sdk._runtime import address_parameter, channel_options, log_format_option
 from worker_sdk._runtime import run as run_loop
 
 _CHUNK = 1024 * 1024
@@ -54,28 +53,7 @@ _backend_option = click.option(
 
 @main.command()
 @_backend_option
-@click.option(
-    "--worker",
-    envvar="ComputePlane__WorkerChannel__Address",
-    default=DEFAULT_WORKER_ADDRESS,
-    show_default=True,
-    help="The worker's address: unix:///path, /path or host:port.",
-)
-@click.option(
-    "--listen",
-    envvar="ComputePlane__AgentChannel__Address",
-    default=DEFAULT_AGENT_ADDRESS,
-    show_default=True,
-    help="Where the Agent service listens for the worker.",
-)
-@click.option(
-    "--worker-socket-type",
-    envvar="ComputePlane__WorkerChannel__SocketType",
-    hidden=True,
-)
-@click.option(
-    "--agent-socket-type", envvar="ComputePlane__AgentChannel__SocketType", hidden=True
-)
+@channel_options("--worker", "--listen")
 @click.option("--partition", default="", help="The partition whose tasks to take.")
 @click.option(
     "--concurrency",
@@ -118,12 +96,7 @@ _backend_option = click.option(
 @click.option(
     "--agent-id", help="Name of this agent in task records (default: host-pid)."
 )
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-)
+@log_format_option
 def run(
     backend_url: str,
     worker: str,

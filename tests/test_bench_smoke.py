@@ -6,12 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_worker_benchmark_quick_run_prints_figures() -> None:
+@pytest.mark.parametrize(
+    ("script", "rss_row"),
+    [("bench/worker.py", "peak RSS (VmHWM)"), ("bench/agent.py", "agent peak RSS")],
+)
+def test_a_quick_run_prints_its_figures(script: str, rss_row: str) -> None:
     done = subprocess.run(
-        [sys.executable, "bench/worker.py", "--quick"],
+        [sys.executable, script, "--quick"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -21,19 +27,4 @@ def test_worker_benchmark_quick_run_prints_figures() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "empty tasks" in done.stdout
     assert "ratio to floor" in done.stdout
-    assert "peak RSS (VmHWM)" in done.stdout
-
-
-def test_agent_benchmark_quick_run_prints_figures() -> None:
-    done = subprocess.run(
-        [sys.executable, "bench/agent.py", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "empty tasks" in done.stdout
-    assert "ratio to floor" in done.stdout
-    assert "agent peak RSS (VmHWM)" in done.stdout
+    assert rss_row in done.stdout

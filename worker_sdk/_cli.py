@@ -10,11 +10,15 @@ import click
 from prometheus_client import start_http_server
 
 from worker_sdk import _logging
-from worker_sdk._address import DEFAULT_AGENT_ADDRESS, DEFAULT_WORKER_ADDRESS
 from worker_sdk._data import DEFAULT_SPILL_THRESHOLD
 from worker_sdk._errors import WorkerSdkError
 from worker_sdk._handler import TaskHandler
-from worker_sdk._runtime import address_parameter, run
+from worker_sdk._runtime import (
+    address_parameter,
+    channel_options,
+    log_format_option,
+    run,
+)
 from worker_sdk._server import WorkerConfig, WorkerServer
 
 
@@ -48,34 +52,8 @@ async def _serve(handler: TaskHandler, config: WorkerConfig) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("handler")
-@click.option(
-    "--address",
-    envvar="ComputePlane__WorkerChannel__Address",
-    default=DEFAULT_WORKER_ADDRESS,
-    show_default=True,
-    help="Where the worker listens: unix:///path, /path or host:port.",
-)
-@click.option(
-    "--agent",
-    envvar="ComputePlane__AgentChannel__Address",
-    default=DEFAULT_AGENT_ADDRESS,
-    show_default=True,
-    help="Where the agent's Agent service listens.",
-)
-@click.option(
-    "--worker-socket-type",
-    envvar="ComputePlane__WorkerChannel__SocketType",
-    hidden=True,
-)
-@click.option(
-    "--agent-socket-type", envvar="ComputePlane__AgentChannel__SocketType", hidden=True
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-)
+@channel_options("--address", "--agent")
+@log_format_option
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),

@@ -3,14 +3,62 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import click
 
-from worker_sdk._address import Address
+from worker_sdk._address import DEFAULT_AGENT_ADDRESS, DEFAULT_WORKER_ADDRESS, Address
 
-__all__ = ["address_parameter", "run"]
+__all__ = ["address_parameter", "channel_options", "log_format_option", "run"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line, with the fields of each event.",
+)
+
+
+def channel_options(worker_flag: str, agent_flag: str) -> Callable[[F], F]:
+    """The addresses of the pod's two channels, under each command's own flags,
+    read from ArmoniK's ``ComputePlane__*`` variables when not given."""
+    options = [
+        click.option(
+            worker_flag,
+            envvar="ComputePlane__WorkerChannel__Address",
+            default=DEFAULT_WORKER_ADDRESS,
+            show_default=True,
+            help="The worker's address: unix:///path, /path or host:port.",
+        ),
+        click.option(
+            agent_flag,
+            envvar="ComputePlane__AgentChannel__Address",
+            default=DEFAULT_AGENT_ADDRESS,
+            show_default=True,
+            help="The address of the Agent service the worker calls.",
+        ),
+        click.option(
+            "--worker-socket-type",
+            envvar="ComputePlane__WorkerChannel__SocketType",
+            hidden=True,
+        ),
+        click.option(
+            "--agent-socket-type",
+            envvar="ComputePlane__AgentChannel__SocketType",
+            hidden=True,
+        ),
+    ]
+
+    def decorate(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
