@@ -384,6 +384,10 @@ def _column(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any
     return [row[0] for row in db.execute(sql, params).fetchall()]
 
 
+class _Locked(Exception):
+    """Another process holds the write lock; the call must wait its turn."""
+
+
 class _Transition:
     """Steps shared by the transitions, inside one open transaction."""
 
@@ -840,8 +844,13 @@ class _Store:
                 f"or later; this Python links SQLite {sqlite3.sqlite_version}"
             )
         seconds = busy_timeout.total_seconds()
+        self._busy_ms = int(seconds * 1000)
         self._grouped = False
-        self._db = sqlite3.connect(path, timeout=seconds, isolation_level=None)
+        # Used by the backend thread and, for short calls, by the event loop, never
+        # both at once: the thread's lock keeps them apart.
+        self._db = sqlite3.connect(
+            path, timeout=seconds, isolation_level=None, check_same_thread=False
+        )
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA synchronous = NORMAL")
         _enable_wal(self._db, time.monotonic() + seconds)
@@ -864,6 +873,19 @@ class _Store:
 
     def close(self) -> None:
         self._db.close()
+
+    def without_waiting(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run ``fn`` but give up at once, raising ``_Locked``, if another process
+        holds the write lock: the event loop must not wait on the disk."""
+        self._db.execute("PRAGMA busy_timeout = 0")
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.OperationalError as error:
+            if "locked" in str(error) or "busy" in str(error):
+                raise _Locked from error
+            raise
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -1368,6 +1390,10 @@ class _Thread:
 
     def __init__(self, name: str) -> None:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # Held while a call uses the connection; with ``_unfinished`` it lets a
+        # short call run on the caller's thread when nothing is queued before it.
+        self._lock = threading.Lock()
+        self._unfinished = 0
         self._group: Callable[[Sequence[Callable[[], Any]]], list[_Outcome]] | None
         self._group = None
         # A daemon, so that a backend never closed does not keep the process alive;
@@ -1400,6 +1426,11 @@ class _Thread:
             self._run(batch)
 
     def _run(self, batch: list[_Job]) -> None:
+        with self._lock:
+            self._run_locked(batch)
+            self._unfinished -= len(batch)
+
+    def _run_locked(self, batch: list[_Job]) -> None:
         if len(batch) == 1 or self._group is None:
             for fn, deliver, _ in batch:
                 try:
@@ -1425,8 +1456,25 @@ class _Thread:
             else:
                 done.set_exception(value)
 
-        self._jobs.put((fn, deliver, False))
+        self._queue((fn, deliver, False))
         return done.result()
+
+    def _queue(self, job: _Job) -> None:
+        with self._lock:
+            self._unfinished += 1
+        self._jobs.put(job)
+
+    def try_inline(self, fn: Callable[[], _T]) -> tuple[bool, _T | None]:
+        """Run ``fn`` here and now if the connection is free and no call is queued
+        before it (calls keep their order); (False, None) if it must queue."""
+        if not self._lock.acquire(blocking=False):
+            return False, None
+        try:
+            if self._unfinished:
+                return False, None
+            return True, fn()
+        finally:
+            self._lock.release()
 
     async def call(self, fn: Callable[[], _T], *, groupable: bool = True) -> _T:
         loop = asyncio.get_running_loop()
@@ -1441,7 +1489,7 @@ class _Thread:
                 else:
                     loop.call_soon_threadsafe(_reject, future, value)
 
-        self._jobs.put((fn, deliver, groupable))
+        self._queue((fn, deliver, groupable))
         return await future
 
     def stop(self) -> None:
@@ -1492,6 +1540,25 @@ class SqliteBackend(Backend):
             return await self._thread.call(functools.partial(fn, *args, **kwargs))
         except sqlite3.Error as err:
             raise BackendError(f"the state file {self._path} failed: {err}") from err
+
+    async def _short(
+        self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """A call of a few statements: run it on the event loop when the connection
+        is idle and the file unlocked, which costs less than a hop to the thread;
+        otherwise, or if another process holds the write lock, queue it."""
+        if self._closed:
+            raise BackendError(f"the backend on {self._path} is closed")
+        call = functools.partial(self._store.without_waiting, fn, *args, **kwargs)
+        try:
+            ran, value = self._thread.try_inline(call)
+        except _Locked:
+            ran, value = False, None
+        except sqlite3.Error as err:
+            raise BackendError(f"the state file {self._path} failed: {err}") from err
+        if ran:
+            return value  # type: ignore[return-value]
+        return await self._call(fn, *args, **kwargs)
 
     async def close(self) -> None:
         if self._closed:
@@ -1588,15 +1655,15 @@ class SqliteBackend(Backend):
         *,
         payload_up_to: int = 0,
     ) -> Attempt | None:
-        return await self._call(
+        return await self._short(
             self._store.acquire, agent_id, partition_id, lease, payload_up_to
         )
 
     async def start(self, attempt: Attempt) -> None:
-        await self._call(self._store.start, attempt)
+        await self._short(self._store.start, attempt)
 
     async def renew(self, attempt: Attempt, lease: timedelta) -> Attempt:
-        return await self._call(self._store.renew, attempt, lease)
+        return await self._short(self._store.renew, attempt, lease)
 
     async def stage_result_data(
         self, attempt: Attempt, key: str, chunks: AsyncIterable[bytes]
@@ -1609,7 +1676,7 @@ class SqliteBackend(Backend):
                 chunk = await anext(iterator)
             except StopAsyncIteration:
                 # The common case of a small result: one transaction for it all.
-                return await self._call(
+                return await self._short(
                     self._store.stage_small_result,
                     attempt,
                     key,
@@ -1639,7 +1706,7 @@ class SqliteBackend(Backend):
     async def complete(
         self, attempt: Attempt, results: Mapping[str, bytes] | None = None
     ) -> TaskRecord:
-        return await self._call(self._store.complete, attempt, results)
+        return await self._short(self._store.complete, attempt, results)
 
     async def fail(
         self, attempt: Attempt, error: str, status: TaskStatus = TaskStatus.ERROR
@@ -1651,7 +1718,7 @@ class SqliteBackend(Backend):
         return await self._call(self._store.fail, attempt, error, status)
 
     async def release(self, attempt: Attempt) -> None:
-        await self._call(self._store.release, attempt)
+        await self._short(self._store.release, attempt)
 
     async def recover_expired(self, now: datetime | None = None) -> list[str]:
         seconds = None if now is None else now.timestamp()
@@ -1660,10 +1727,10 @@ class SqliteBackend(Backend):
     # -- reading and cancelling ---------------------------------------------------
 
     async def get_task(self, task_id: str) -> TaskRecord:
-        return await self._call(self._store.get_task, task_id)
+        return await self._short(self._store.get_task, task_id)
 
     async def get_result(self, session_id: str, key: str) -> ResultRecord:
-        return await self._call(self._store.get_result, session_id, key)
+        return await self._short(self._store.get_result, session_id, key)
 
     def read_result(self, session_id: str, key: str) -> AsyncIterator[bytes]:
         return self._stream(self._store.open_result, session_id, key)
@@ -1672,7 +1739,7 @@ class SqliteBackend(Backend):
         return await self._call(self._store.cancel_tasks, list(task_ids))
 
     async def mark_cancelled(self, attempt: Attempt) -> TaskRecord:
-        return await self._call(self._store.mark_cancelled, attempt)
+        return await self._short(self._store.mark_cancelled, attempt)
 
     # -- resources ----------------------------------------------------------------
 
