@@ -11,9 +11,12 @@ time across processes, so two agents never take the same task, and a process tha
 dies mid-transition leaves nothing of it. The journal is a write-ahead log (readers
 never wait for the writer) with ``synchronous=NORMAL``: a power cut may lose the last
 transitions but never corrupts the file. A writer that finds the file locked waits up
-to ``busy_timeout``. Each backend instance keeps its one connection on a thread of its
-own, so the event loop never waits on the disk or on another process's lock; each
-operation is one hop to that thread and, if it writes, one transaction.
+to ``busy_timeout``. Each backend instance has one connection and a thread of its
+own. A short transition runs right on the event loop when the connection is idle,
+nothing is queued before it and no other process holds the write lock (it gives up
+at once rather than wait); any other call is one hop to the thread. Calls that queue
+up there while it is busy share one transaction, each in a savepoint of its own, and
+their callers hear of the outcome only once that transaction has committed.
 
 An attempt stays its task's until it ends or until ``recover_expired`` ends it: a
 lapsed lease only allows another process to take the task over, so a slow agent's
