@@ -13,8 +13,9 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 
@@ -67,12 +68,6 @@ class _Held:
             self.runner.cancel()
 
 
-def _report_start_failure(starting: asyncio.Future[None]) -> None:
-    if not starting.cancelled() and starting.exception() is not None:
-        # The commit that follows is refused the same way; say why once here.
-        logger.warning("recording the start of a task failed: %s", starting.exception())
-
-
 def _extra(attempt: Attempt, **more: object) -> dict[str, object]:
     task = attempt.task
     return {
@@ -109,7 +104,8 @@ class TaskLoop:
 
     async def run(self) -> None:
         """Serve tasks until ``drain`` is called and the running ones are done."""
-        await self._check_worker()
+        if not await self._until_draining(self._check_worker()):
+            return  # drained before the worker ever answered
         helpers = [
             asyncio.create_task(self._read_ahead(), name="read-ahead"),
             asyncio.create_task(self._keep_leases(), name="lease-keeper"),
@@ -124,10 +120,29 @@ class TaskLoop:
             await self._release_queued()
             await self._wait_for_running()
         finally:
+            if self._health_check is not None:
+                helpers.append(self._health_check)
             for task in helpers + slots:
                 task.cancel()
             await asyncio.gather(*helpers, *slots, return_exceptions=True)
             await self._release_queued()
+            # A task a slot took but never started (the worker was down) is held
+            # still: release it, so that it costs no retry.
+            for held in list(self._held.values()):
+                await self._release(held)
+
+    async def _until_draining(self, work: Coroutine[Any, Any, object]) -> bool:
+        """Run ``work`` unless draining starts first; True if it finished."""
+        job = asyncio.ensure_future(work)
+        drained = asyncio.ensure_future(self._draining.wait())
+        await asyncio.wait({job, drained}, return_when=asyncio.FIRST_COMPLETED)
+        drained.cancel()
+        if job.done():
+            job.result()
+            return True
+        job.cancel()
+        await asyncio.gather(job, return_exceptions=True)
+        return False
 
     def drain(self) -> None:
         if not self._draining.is_set():
@@ -186,7 +201,8 @@ class TaskLoop:
     async def _read_ahead(self) -> None:
         delay = 0.001
         while not self._draining.is_set():
-            await self._worker_ok.wait()
+            if not await self._until_draining(self._worker_ok.wait()):
+                return
             attempt = await self._acquire()
             if attempt is None:
                 # An empty queue: back off up to the idle poll interval.
@@ -194,12 +210,27 @@ class TaskLoop:
                 delay = min(delay * 2, self._config.idle_poll.total_seconds())
                 continue
             delay = 0.001
-            data = await self._maybe_read(attempt)
+            payload = attempt.payload_data
             # The read-ahead copy is the only one kept; the attempt lives longer.
             attempt = dataclasses.replace(attempt, payload_data=None)
-            held = _Held(attempt, data, time.monotonic())
-            self._held[attempt.token] = held
+            held = _Held(attempt, None, time.monotonic())
+            self._held[attempt.token] = held  # renewed from now on
+            held.data = await self._try_read(attempt, payload)
             await self._ready.put(held)
+
+    async def _try_read(
+        self, attempt: Attempt, payload: bytes | None
+    ) -> TaskData | None:
+        try:
+            return await self._maybe_read(attempt, payload)
+        except BackendError:
+            # Not fatal: the data is streamed from the backend when the task runs.
+            logger.exception(
+                "reading ahead task %s failed",
+                attempt.task.task_id,
+                extra=_extra(attempt),
+            )
+            return None
 
     async def _acquire(self) -> Attempt | None:
         try:
@@ -224,11 +255,13 @@ class TaskLoop:
             _metrics.QUEUE_WAIT_SECONDS.observe(max(wait, 0.0))
         self._log(attempt, "acquired", TaskStatus.DISPATCHED)
 
-    async def _maybe_read(self, attempt: Attempt) -> TaskData | None:
+    async def _maybe_read(
+        self, attempt: Attempt, payload: bytes | None
+    ) -> TaskData | None:
         """Read small task data ahead; large data is streamed when the task runs."""
         task = attempt.task
-        if attempt.payload_data is not None and not task.data_dependencies:
-            return TaskData(payload=[attempt.payload_data])
+        if payload is not None and not task.data_dependencies:
+            return TaskData(payload=[payload])
         if task.payload.size > self._config.prefetch_max_size:
             return None
         total = task.payload.size
@@ -277,7 +310,7 @@ class TaskLoop:
     async def _slot(self) -> None:
         while True:
             held = await self._ready.get()
-            await self._worker_ok.wait()
+            await self._until_draining(self._worker_ok.wait())
             if self._draining.is_set():
                 await self._release(held)
                 continue
@@ -285,6 +318,14 @@ class TaskLoop:
             self._idle.clear()
             try:
                 await self._run(held)
+            except Exception:
+                # A slot must outlive any one task: give the task back and go on.
+                logger.exception(
+                    "task %s: running it failed",
+                    held.attempt.task.task_id,
+                    extra=_extra(held.attempt),
+                )
+                await self._release(held)
             finally:
                 self._held.pop(held.attempt.token, None)
                 self._running.discard(held)
@@ -299,7 +340,6 @@ class TaskLoop:
         # Not awaited: the backend runs calls in order, so PROCESSING is recorded
         # before anything the worker sends, and the call leaves the critical path.
         starting = asyncio.ensure_future(self._backend.start(attempt))
-        starting.add_done_callback(_report_start_failure)
         self._log(attempt, "processing", TaskStatus.PROCESSING)
         max_duration = attempt.task.options.max_duration
         timeout = max_duration.ToTimedelta().total_seconds() or None
@@ -322,7 +362,23 @@ class TaskLoop:
         finally:
             _metrics.RUNNING.dec()
             self._registry.remove(attempt)
+        if await self._start_failed(held, starting):
+            return
         await self._finish(held, reply, running.results)
+
+    async def _start_failed(self, held: _Held, starting: asyncio.Future[None]) -> bool:
+        """Whether recording the start failed; if so, the attempt is over."""
+        try:
+            await starting
+        except TaskCancelled:
+            held.stop_reason = "cancelled"
+            await self._after_stop(held)
+            return True
+        except LeaseLost:
+            held.stop_reason = "lease-lost"
+            await self._after_stop(held)
+            return True
+        return False
 
     async def _after_stop(self, held: _Held) -> None:
         attempt = held.attempt

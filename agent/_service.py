@@ -129,6 +129,9 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
         token = running.attempt.token
         if isinstance(received, str):
             return self._result_error(token, received)
+        if self._registry.get(token) is not running:
+            # The attempt ended while the results streamed in: they were not kept.
+            return self._result_error(token, _UNKNOWN_TOKEN)
         return agent_common_pb2.ResultReply(
             communication_token=token, Ok=objects_pb2.Empty()
         )
@@ -213,6 +216,8 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
             tasks = await self._receive_tasks(stream)
         except _GrammarError as error:
             await _abort(context, error)
+        except BackendError as error:
+            return self._creation_error(first.communication_token, str(error))
         attempt = running.attempt
         options = first.init_request.task_options
         try:
@@ -230,9 +235,9 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
         return self._creation_reply(attempt.token, created)
 
     async def _stage_held_results(self, running: Running) -> None:
-        while running.results:
-            key, data = running.results.popitem()
+        for key, data in list(running.results.items()):
             await self._backend.stage_result_data(running.attempt, key, single(data))
+            del running.results[key]
 
     async def _receive_tasks(self, stream: _Stream) -> list[NewTask]:
         tasks: list[NewTask] = []

@@ -191,6 +191,9 @@ class WorkerServer(worker_service_pb2_grpc.WorkerServicer):
         trailing = asyncio.get_running_loop().create_task(reader.expect_end())
         try:
             outcome = await self._runner.run(task_input)
+        except BaseException:
+            trailing.cancel()
+            raise
         finally:
             task_input.release()
         await self._check_end(trailing, context)

@@ -898,11 +898,13 @@ class _Store:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
+            # A failed COMMIT too: a transaction left open would refuse every
+            # later BEGIN on this connection.
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def _savepoint(self) -> Iterator[sqlite3.Connection]:
         self._db.execute("SAVEPOINT transition")
@@ -930,6 +932,9 @@ class _Store:
                     outcomes.append((True, call()))
                 except Exception as error:
                     outcomes.append((False, error))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
         finally:
             self._grouped = False
         try:
@@ -1396,6 +1401,9 @@ class _Thread:
         # Held while a call uses the connection; with ``_unfinished`` it lets a
         # short call run on the caller's thread when nothing is queued before it.
         self._lock = threading.Lock()
+        # Guards only the count, so that queueing a call never waits for the
+        # connection (which may be waiting for another process's lock).
+        self._count_lock = threading.Lock()
         self._unfinished = 0
         self._group: Callable[[Sequence[Callable[[], Any]]], list[_Outcome]] | None
         self._group = None
@@ -1431,7 +1439,8 @@ class _Thread:
     def _run(self, batch: list[_Job]) -> None:
         with self._lock:
             self._run_locked(batch)
-            self._unfinished -= len(batch)
+            with self._count_lock:
+                self._unfinished -= len(batch)
 
     def _run_locked(self, batch: list[_Job]) -> None:
         if len(batch) == 1 or self._group is None:
@@ -1463,7 +1472,7 @@ class _Thread:
         return done.result()
 
     def _queue(self, job: _Job) -> None:
-        with self._lock:
+        with self._count_lock:
             self._unfinished += 1
         self._jobs.put(job)
 
@@ -1473,7 +1482,9 @@ class _Thread:
         if not self._lock.acquire(blocking=False):
             return False, None
         try:
-            if self._unfinished:
+            with self._count_lock:
+                queued = self._unfinished
+            if queued:
                 return False, None
             return True, fn()
         finally:

@@ -33,10 +33,14 @@ async def test_a_transition_waits_for_the_lock_without_stalling_the_loop(
         ticker = asyncio.create_task(tick())
         started = time.monotonic()
         renewal = asyncio.create_task(backend.renew(attempt, LEASE))
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.1)
+        # Queued behind the waiting renewal: queueing it must not wait as well.
+        listing = asyncio.create_task(backend.list_resources())
+        await asyncio.sleep(0.2)
         assert not renewal.done()  # waiting for the lock, on the backend's thread
         other.execute("COMMIT")
         renewed = await renewal
+        assert await listing == {}
         waited = time.monotonic() - started
         ticker.cancel()
         other.close()

@@ -1,0 +1,216 @@
+"""The task loop when its backend or its worker fails in ways the pods cannot show.
+
+The worker link is a test double here, so that faults come exactly when wanted; the
+backend is the real embedded one, wrapped to fail once where a test says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from agent._config import AgentConfig
+from agent._loop import TaskLoop
+from agent._registry import AttemptRegistry
+from agent._worker import TaskData
+from agent.backend import (
+    Attempt,
+    BackendError,
+    NewTask,
+    SqliteBackend,
+    TaskStatus,
+)
+from agent.backend import Backend as _Backend
+from gridpod_api import objects_pb2, worker_common_pb2
+
+
+async def _one(data: bytes) -> Any:
+    yield data
+
+
+class FakeWorker:
+    """Answers ok after putting each expected output in the attempt's results."""
+
+    def __init__(
+        self,
+        registry: AttemptRegistry,
+        healthy: bool = True,
+        backend: _Backend | None = None,
+    ) -> None:
+        self.registry = registry
+        self.backend = backend
+        self.healthy = healthy
+        self.calls = 0
+        self.crash = False
+
+    async def wait_healthy(self, initial: timedelta, ceiling: timedelta) -> None:
+        while not self.healthy:
+            await asyncio.sleep(0.02)
+
+    async def read_ahead(self, attempt: Attempt) -> TaskData:
+        # As the real link does: the payload comes from the backend.
+        assert self.backend is not None
+        blob_id = attempt.task.payload.blob_id
+        return TaskData(payload=[c async for c in self.backend.read_blob(blob_id)])
+
+    async def process(
+        self, attempt: Attempt, data: TaskData | None, timeout: float | None
+    ) -> worker_common_pb2.ProcessReply:
+        self.calls += 1
+        if self.crash:
+            self.healthy = False
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                "the worker is gone",
+            )
+        running = self.registry.get(attempt.token)
+        assert running is not None
+        for key in attempt.task.expected_outputs:
+            running.results[key] = b"r"
+        output = objects_pb2.Output()
+        output.ok.SetInParent()
+        return worker_common_pb2.ProcessReply(output=output)
+
+
+def _config(**overrides: Any) -> AgentConfig:
+    settings: dict[str, Any] = {
+        "backend_url": "sqlite://unused",
+        "lease": timedelta(seconds=3),
+        "idle_poll": timedelta(milliseconds=20),
+        "grace_period": timedelta(seconds=1),
+    }
+    settings.update(overrides)
+    return AgentConfig(**settings)
+
+
+async def _submit(backend: _Backend, count: int) -> list[str]:
+    session = await backend.create_session(objects_pb2.TaskOptions(max_retries=2), ())
+    ids = []
+    for n in range(count):
+        blob = await backend.write_blob(_one(b"p"))
+        [record] = await backend.submit_tasks(
+            session.session_id, [NewTask(blob, [f"out{n}"])]
+        )
+        assert not isinstance(record, Exception)
+        ids.append(record.task_id)  # type: ignore[union-attr]
+    return ids
+
+
+async def _statuses(backend: _Backend, ids: list[str]) -> list[TaskStatus]:
+    return [(await backend.get_task(i)).status for i in ids]
+
+
+async def _until(predicate: Any, timeout: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def backend(tmp_path: Path) -> Any:
+    opened = SqliteBackend(tmp_path / "state.db")
+    yield opened
+    await opened.close()
+
+
+def _fail_once(backend: Any, method: str) -> None:
+    real = getattr(backend, method)
+    failed = False
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failed
+        if not failed:
+            failed = True
+            raise BackendError("the state file failed: database is locked")
+        return await real(*args, **kwargs)
+
+    setattr(backend, method, flaky)
+
+
+async def _run_until_all_complete(
+    loop: TaskLoop, backend: _Backend, ids: list[str]
+) -> None:
+    runner = asyncio.create_task(loop.run())
+
+    async def all_complete() -> bool:
+        return all(s == TaskStatus.COMPLETED for s in await _statuses(backend, ids))
+
+    try:
+        await _until(all_complete)
+    finally:
+        loop.drain()
+        await asyncio.wait_for(runner, 10)
+
+
+async def test_a_failed_commit_does_not_stop_the_slot(backend: SqliteBackend) -> None:
+    ids = await _submit(backend, 4)
+    _fail_once(backend, "complete")
+    registry = AttemptRegistry()
+    loop = TaskLoop(_config(), backend, FakeWorker(registry), registry)  # type: ignore[arg-type]
+    await _run_until_all_complete(loop, backend, ids)
+
+
+async def test_a_failed_read_ahead_does_not_stop_acquiring(
+    backend: SqliteBackend,
+) -> None:
+    # Tasks with a data dependency are read ahead through the backend.
+    session = await backend.create_session(objects_pb2.TaskOptions(), ())
+    sid = session.session_id
+    blob = await backend.write_blob(_one(b"p"))
+    await backend.submit_tasks(sid, [NewTask(blob, ["seed"])])
+    seed = await backend.acquire("setup", "", timedelta(seconds=30))
+    assert seed is not None
+    await backend.complete(seed, {"seed": b"s"})
+    created = await backend.submit_tasks(
+        sid, [NewTask(blob, [f"out{n}"], ["seed"]) for n in range(3)]
+    )
+    ids = [c.task_id for c in created]  # type: ignore[union-attr]
+    _fail_once(backend, "get_result")
+    registry = AttemptRegistry()
+    worker = FakeWorker(registry, backend=backend)
+    loop = TaskLoop(_config(), backend, worker, registry)  # type: ignore[arg-type]
+    await _run_until_all_complete(loop, backend, ids)
+
+
+async def test_draining_with_the_worker_down_releases_what_is_held(
+    backend: SqliteBackend,
+) -> None:
+    ids = await _submit(backend, 3)
+    registry = AttemptRegistry()
+    worker = FakeWorker(registry)
+    worker.crash = True
+    loop = TaskLoop(_config(concurrency=2), backend, worker, registry)  # type: ignore[arg-type]
+    runner = asyncio.create_task(loop.run())
+    await _until(lambda: _any_failed(backend, ids))
+    await asyncio.sleep(0.2)
+    loop.drain()
+    await asyncio.wait_for(runner, 10)
+    statuses = await _statuses(backend, ids)
+    # Nothing stays DISPATCHED to cost a retry when its lease expires.
+    assert TaskStatus.DISPATCHED not in statuses
+    assert TaskStatus.SUBMITTED in statuses
+
+
+async def _any_failed(backend: _Backend, ids: list[str]) -> bool:
+    return TaskStatus.ERROR in await _statuses(backend, ids)
+
+
+async def test_draining_before_the_worker_ever_answered_stops(
+    backend: SqliteBackend,
+) -> None:
+    registry = AttemptRegistry()
+    worker = FakeWorker(registry, healthy=False)
+    loop = TaskLoop(_config(), backend, worker, registry)  # type: ignore[arg-type]
+    runner = asyncio.create_task(loop.run())
+    await asyncio.sleep(0.2)
+    loop.drain()
+    await asyncio.wait_for(runner, 3)
+    assert worker.calls == 0
