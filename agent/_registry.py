@@ -41,6 +41,3 @@ class AttemptRegistry:
 
     def get(self, token: str) -> Running | None:
         return self._by_token.get(token) if token else None
-
-    def __len__(self) -> int:
-        return len(self._by_token)

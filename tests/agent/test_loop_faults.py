@@ -165,12 +165,12 @@ async def test_a_failed_read_ahead_does_not_stop_acquiring(
     session = await backend.create_session(objects_pb2.TaskOptions(), ())
     sid = session.session_id
     blob = await backend.write_blob(_one(b"p"))
-    await backend.submit_tasks(sid, [NewTask(blob, ["seed"])])
-    seed = await backend.acquire("setup", "", timedelta(seconds=30))
-    assert seed is not None
-    await backend.complete(seed, {"seed": b"s"})
+    await backend.submit_tasks(sid, [NewTask(blob, ["base"])])
+    first = await backend.acquire("setup", "", timedelta(seconds=30))
+    assert first is not None
+    await backend.complete(first, {"base": b"s"})
     created = await backend.submit_tasks(
-        sid, [NewTask(blob, [f"out{n}"], ["seed"]) for n in range(3)]
+        sid, [NewTask(blob, [f"out{n}"], ["base"]) for n in range(3)]
     )
     ids = [c.task_id for c in created]  # type: ignore[union-attr]
     _fail_once(backend, "get_result")
