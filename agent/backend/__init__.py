@@ -17,6 +17,7 @@ from agent.backend._base import (
 )
 from agent.backend._errors import (
     BackendError,
+    EventsExpired,
     InvalidToken,
     LeaseLost,
     MissingOutputs,
@@ -26,13 +27,30 @@ from agent.backend._errors import (
     SessionCancelled,
     TaskCancelled,
 )
+from agent.backend._queries import (
+    ApplicationQuery,
+    ApplicationRecord,
+    Event,
+    EventKind,
+    Page,
+    ResultQuery,
+    SessionQuery,
+    Subscription,
+    TaskQuery,
+    Topic,
+)
 from agent.backend.sqlite import SqliteBackend
 
 __all__ = [
+    "ApplicationQuery",
+    "ApplicationRecord",
     "Attempt",
     "Backend",
     "BackendError",
     "BlobRef",
+    "Event",
+    "EventKind",
+    "EventsExpired",
     "InvalidToken",
     "LeaseLost",
     "MissingOutputs",
@@ -40,16 +58,22 @@ __all__ = [
     "NotCompleted",
     "NotFound",
     "NotOwned",
+    "Page",
+    "ResultQuery",
     "ResultRecord",
     "ResultStatus",
     "SessionCancelled",
+    "SessionQuery",
     "SessionRecord",
     "SessionStatus",
     "SqliteBackend",
+    "Subscription",
     "TaskCancelled",
+    "TaskQuery",
     "TaskRecord",
     "TaskRefusal",
     "TaskStatus",
+    "Topic",
     "open_backend",
 ]
 

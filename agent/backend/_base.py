@@ -24,6 +24,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 from gridpod_api import (
     objects_pb2,
@@ -31,6 +32,19 @@ from gridpod_api import (
     session_status_pb2,
     task_status_pb2,
 )
+
+if TYPE_CHECKING:
+    from agent.backend._queries import (
+        ApplicationQuery,
+        ApplicationRecord,
+        Event,
+        Page,
+        ResultQuery,
+        SessionQuery,
+        Subscription,
+        TaskQuery,
+        Topic,
+    )
 
 __all__ = [
     "Attempt",
@@ -407,3 +421,53 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def delete_resource(self, key: str) -> None:
         """Raises ``NotFound``."""
+
+    # -- listings, events and wake-ups (see ``_queries``) ---------------------------
+
+    @abc.abstractmethod
+    async def list_tasks(self, query: TaskQuery) -> Page[TaskRecord]:
+        """The page of tasks that ``query`` selects, sorted as it says.
+
+        Staged subtasks (not yet committed by their parent) are not listed.
+        """
+
+    @abc.abstractmethod
+    async def count_tasks(self, query: TaskQuery) -> dict[TaskStatus, int]:
+        """How many tasks ``query`` selects, by status; statuses with none are
+        left out. The query's sort and page are ignored."""
+
+    @abc.abstractmethod
+    async def list_sessions(self, query: SessionQuery) -> Page[SessionRecord]:
+        """The page of sessions that ``query`` selects."""
+
+    @abc.abstractmethod
+    async def list_results(self, query: ResultQuery) -> Page[ResultRecord]:
+        """The page of results that ``query`` selects; staged ones are not listed."""
+
+    @abc.abstractmethod
+    async def list_applications(
+        self, query: ApplicationQuery
+    ) -> Page[ApplicationRecord]:
+        """The distinct applications named by the options of committed tasks."""
+
+    @abc.abstractmethod
+    async def read_events(
+        self, after: int, *, session_id: str | None = None, limit: int = 1000
+    ) -> list[Event]:
+        """Events with ``seq`` greater than ``after``, oldest first, at most ``limit``.
+
+        Every transition stores its events in its own transaction, so they are
+        never seen before the change and never lost with it. Raises
+        ``EventsExpired`` when events after ``after`` were already dropped by the
+        backend's retention.
+        """
+
+    @abc.abstractmethod
+    async def last_event(self) -> int:
+        """The ``seq`` of the newest event, 0 when there is none: read from there
+        to see only what happens next."""
+
+    @abc.abstractmethod
+    def subscribe(self, topics: Topic | None = None) -> Subscription:
+        """Wake-ups for the topics (every one by default), from commits of every
+        process of the backend."""

@@ -6,6 +6,7 @@ from agent._errors import AgentError
 
 __all__ = [
     "BackendError",
+    "EventsExpired",
     "InvalidToken",
     "LeaseLost",
     "MissingOutputs",
@@ -19,6 +20,10 @@ __all__ = [
 
 class BackendError(AgentError):
     """Base of the backend's errors."""
+
+
+class EventsExpired(BackendError):
+    """The events asked for are older than the backend keeps."""
 
 
 class NotFound(BackendError):

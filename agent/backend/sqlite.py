@@ -119,6 +119,17 @@ from agent.backend._errors import (
     TaskCancelled,
 )
 from agent.backend._options import merge_options
+from agent.backend._queries import (
+    ApplicationQuery,
+    ApplicationRecord,
+    Event,
+    Page,
+    ResultQuery,
+    SessionQuery,
+    Subscription,
+    TaskQuery,
+    Topic,
+)
 from gridpod_api import objects_pb2
 
 __all__ = ["SqliteBackend"]
@@ -1768,3 +1779,33 @@ class SqliteBackend(Backend):
 
     async def delete_resource(self, key: str) -> None:
         await self._call(self._store.delete_resource, key)
+
+    # Listings, events and wake-ups: not yet served by this backend.
+
+    async def list_tasks(self, query: TaskQuery) -> Page[TaskRecord]:
+        raise NotImplementedError
+
+    async def count_tasks(self, query: TaskQuery) -> dict[TaskStatus, int]:
+        raise NotImplementedError
+
+    async def list_sessions(self, query: SessionQuery) -> Page[SessionRecord]:
+        raise NotImplementedError
+
+    async def list_results(self, query: ResultQuery) -> Page[ResultRecord]:
+        raise NotImplementedError
+
+    async def list_applications(
+        self, query: ApplicationQuery
+    ) -> Page[ApplicationRecord]:
+        raise NotImplementedError
+
+    async def read_events(
+        self, after: int, *, session_id: str | None = None, limit: int = 1000
+    ) -> list[Event]:
+        raise NotImplementedError
+
+    async def last_event(self) -> int:
+        raise NotImplementedError
+
+    def subscribe(self, topics: Topic | None = None) -> Subscription:
+        raise NotImplementedError
