@@ -45,7 +45,8 @@ class Page(Generic[_T]):
 
 @dataclass(frozen=True, kw_only=True)
 class _Paging:
-    # Ties on the sort key are broken by the record's id, so pages never overlap.
+    # Ties on the sort key are broken by the record's id, so pages never overlap. A
+    # record lacking the sorted timestamp counts as older than every one that has it.
     descending: bool = False
     offset: int = 0
     # None: every record from ``offset`` on.
@@ -151,7 +152,12 @@ class Event:
     - RESULT_OWNER: key, previous_owner_task_id, owner_task_id.
 
     A task created and staged by a running attempt has its NEW_TASK event when that
-    attempt commits, not before.
+    attempt commits, not before (and never if it does not); that event says
+    CREATING (CANCELLED if it was cancelled meanwhile), and TASK_STATUS events of
+    the same commit say what became of it. Within one transition, a task's
+    NEW_TASK comes before the NEW_RESULT of its outputs and before any other event
+    naming it, and a committing attempt's results are COMPLETED before its task:
+    whoever sees the task COMPLETED has seen its results.
     """
 
     seq: int
@@ -177,7 +183,8 @@ class Topic(IntEnum):
 
     # A task became SUBMITTED: an idle agent should try to acquire.
     QUEUE = 1
-    # Anything else changed: a task's or result's status, a session, an owner.
+    # Anything changed: a task or result created, its status or owner (so a task
+    # queued wakes STATE too), a session created or cancelled.
     STATE = 2
     ANY = 3
 

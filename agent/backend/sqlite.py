@@ -3,8 +3,10 @@ a host.
 
 Open it with ``open_backend("sqlite:///var/lib/gridpod/state.db")``: the path is all
 that follows ``sqlite://``, so ``sqlite:///abs/state.db`` names ``/abs/state.db`` and
-``sqlite://state.db`` a file relative to the working directory. The file and its
-schema are created on first use; any number of processes of the host may open it.
+``sqlite://state.db`` a file relative to the working directory, up to a ``?``:
+``sqlite://state.db?events=N`` keeps the newest N events (a million by default). The
+file and its schema are created on first use, and a file of schema version 1 is
+upgraded; any number of processes of the host may open it.
 
 Every transition is one ``BEGIN IMMEDIATE`` transaction. SQLite admits one writer at a
 time across processes, so two agents never take the same task, and a process that
@@ -17,16 +19,24 @@ nothing is queued before it and no other process holds the write lock (it gives 
 at once rather than wait); any other call is one hop to the thread. Calls that queue
 up there while it is busy share one transaction, each in a savepoint of its own, and
 their callers hear of the outcome only once that transaction has committed.
+Listings and reads of the event log use a second connection, on a thread of their
+own, opened by the first of them.
+
+Once a transaction has committed, the thread that committed it wakes the
+subscribers of every process (``agent.backend._notify``, over sockets beside the
+file): QUEUE if it queued a task, STATE if it stored an event or created or
+cancelled a session.
 
 An attempt stays its task's until it ends or until ``recover_expired`` ends it: a
 lapsed lease only allows another process to take the task over, so a slow agent's
 commit is still accepted if nobody has.
 
-Schema (``PRAGMA user_version`` = 1); timestamps are Unix seconds, lists are JSON:
+Schema (``PRAGMA user_version`` = 2); timestamps are Unix seconds, lists are JSON:
 
 ``sessions``
-    One row per session: status, default options (a serialized ``TaskOptions``) and
-    the partitions its tasks may run in.
+    One row per session: status, default options (a serialized ``TaskOptions``, and
+    the application's name and version from them as columns for listings) and the
+    partitions its tasks may run in.
 ``blobs``, ``blob_chunks``
     A blob is a ``blobs`` row (its size and chunk count, NULL while it is being
     written) and its chunks, one row each under the primary key (blob, seq). Chunks
@@ -34,15 +44,18 @@ Schema (``PRAGMA user_version`` = 1); timestamps are Unix seconds, lists are JSO
     batches of the same size.
 ``tasks``
     One row per task; a retry is a new row. Besides the record's fields it keeps the
-    merged options' partition, priority and retry budget as columns, the count of
-    data dependencies not yet completed (``missing_deps``), the lease (``token``,
-    ``owner_agent_id``, ``lease_expires_at``), and ``staged_by``: the id of the parent
-    whose running attempt created it, until that attempt commits. Indexes:
+    merged options' partition, priority, retry budget and application (name,
+    version, namespace, service) as columns, the count of data dependencies not yet
+    completed (``missing_deps``), the lease (``token``, ``owner_agent_id``,
+    ``lease_expires_at``), and ``staged_by``: the id of the parent whose running
+    attempt created it, until that attempt commits. Indexes:
     ``tasks_queue`` on (partition, priority DESC, created) for SUBMITTED rows only
     serves ``acquire``; ``tasks_leased`` on the lease expiry of leased rows serves
     ``recover_expired``; ``tasks_staged`` finds an attempt's subtasks at commit or
-    discard; ``tasks_by_session`` serves ``cancel_session``; ``tasks_by_payload`` tells
-    whether a blob is still referenced.
+    discard; ``tasks_by_session`` serves ``cancel_session``, listings and counts of
+    a session; ``tasks_by_application`` serves
+    ``list_applications``; ``tasks_by_payload`` tells whether a blob is still
+    referenced.
 ``results``
     One row per result, keyed by (session, key): its owner task, status, data blob,
     ``pending_owner`` (a subtask the owner delegated it to, effective when the
@@ -59,6 +72,13 @@ Schema (``PRAGMA user_version`` = 1); timestamps are Unix seconds, lists are JSO
     commit, deleted (with their blobs) when the attempt fails or is released.
 ``resources``
     Operator-provisioned blobs by key.
+``events``
+    The event log: one row per event, its ``seq`` the primary key, its fields a JSON
+    array (``_sqlite_queries``). Triggers that each writing connection creates for
+    itself store the events in the transaction of the change, so no transition can
+    forget one; a staged task or result has its events once its parent commits.
+    Every thousand events it stores (fewer if it keeps fewer than ten thousand), an
+    instance deletes the oldest beyond those kept, in the same transaction.
 
 A blob that no row references any more (a discarded staged value or subtask payload,
 a replaced resource) is deleted in the transaction that drops the reference.
@@ -78,6 +98,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import (
     AsyncIterable,
@@ -118,6 +139,7 @@ from agent.backend._errors import (
     SessionCancelled,
     TaskCancelled,
 )
+from agent.backend._notify import Listener, Notifier, notify_directory
 from agent.backend._options import merge_options
 from agent.backend._queries import (
     ApplicationQuery,
@@ -129,6 +151,14 @@ from agent.backend._queries import (
     Subscription,
     TaskQuery,
     Topic,
+)
+from agent.backend._sqlite_queries import (
+    EVENT_TIME_FUNCTION,
+    EVENT_TRIGGERS,
+    Reader,
+    result_record,
+    session_record,
+    task_record,
 )
 from gridpod_api import objects_pb2
 
@@ -143,7 +173,7 @@ _Outcome = tuple[bool, Any]
 # (the call, where its outcome goes, whether it may share a transaction)
 _Job = tuple[Callable[[], Any], Callable[[_Outcome], None], bool]
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 # RETURNING and UPDATE ... FROM keep most transitions to a few statements.
 _MIN_SQLITE = (3, 35, 0)
 # Bounds what one transaction writes and one read hop returns of a blob.
@@ -152,6 +182,8 @@ _BATCH_BYTES = 1 << 20
 # many: enough to share a commit, few enough to keep the write lock briefly.
 _GROUP_MAX = 32
 _BATCH_CHUNKS = 256
+# How many events a backend instance stores between two prunings of the log, at most.
+_PRUNE_EVERY = 1000
 
 _CREATING = f"{TaskStatus.CREATING:d}"
 _SUBMITTED = f"{TaskStatus.SUBMITTED:d}"
@@ -164,6 +196,33 @@ _R_CREATED = f"{ResultStatus.CREATED:d}"
 _R_COMPLETED = f"{ResultStatus.COMPLETED:d}"
 _R_ABORTED = f"{ResultStatus.ABORTED:d}"
 
+# What version 2 added to version 1, besides the columns of applications.
+_SCHEMA_2 = (
+    """CREATE INDEX tasks_by_application ON tasks (application_name,
+        application_version, application_namespace, application_service)
+        WHERE staged_by IS NULL""",
+    # No AUTOINCREMENT: a new seq is one more than the largest, and pruning never
+    # deletes the newest event, so seqs only grow; it would cost a page per commit.
+    """CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        kind INTEGER NOT NULL,
+        at REAL NOT NULL,
+        data TEXT NOT NULL
+    )""",
+)
+_UPGRADE_FROM_1 = (
+    *(
+        f"ALTER TABLE tasks ADD COLUMN application_{field} TEXT NOT NULL DEFAULT ''"
+        for field in ("name", "version", "namespace", "service")
+    ),
+    *(
+        f"ALTER TABLE sessions ADD COLUMN application_{field} TEXT NOT NULL DEFAULT ''"
+        for field in ("name", "version")
+    ),
+    *_SCHEMA_2,
+)
+
 _SCHEMA = (
     """CREATE TABLE sessions (
         session_id TEXT PRIMARY KEY,
@@ -171,7 +230,9 @@ _SCHEMA = (
         default_options BLOB NOT NULL,
         partition_ids TEXT NOT NULL,
         created_at REAL NOT NULL,
-        cancelled_at REAL
+        cancelled_at REAL,
+        application_name TEXT NOT NULL DEFAULT '',
+        application_version TEXT NOT NULL DEFAULT ''
     )""",
     """CREATE TABLE blobs (
         blob_id TEXT PRIMARY KEY,
@@ -208,13 +269,19 @@ _SCHEMA = (
         submitted_at REAL,
         acquired_at REAL,
         started_at REAL,
-        ended_at REAL
+        ended_at REAL,
+        application_name TEXT NOT NULL DEFAULT '',
+        application_version TEXT NOT NULL DEFAULT '',
+        application_namespace TEXT NOT NULL DEFAULT '',
+        application_service TEXT NOT NULL DEFAULT ''
     )""",
     f"""CREATE INDEX tasks_queue ON tasks (partition_id, priority DESC, created_at)
         WHERE status = {_SUBMITTED}""",
     """CREATE INDEX tasks_leased ON tasks (lease_expires_at)
         WHERE lease_expires_at IS NOT NULL""",
     "CREATE INDEX tasks_staged ON tasks (staged_by) WHERE staged_by IS NOT NULL",
+    # Without the status, which would cost every status change two index updates;
+    # counts by session look the status up in the session's rows.
     "CREATE INDEX tasks_by_session ON tasks (session_id)",
     "CREATE INDEX tasks_by_payload ON tasks (payload_blob)",
     """CREATE TABLE results (
@@ -253,6 +320,7 @@ _SCHEMA = (
         size INTEGER NOT NULL
     ) WITHOUT ROWID""",
     "CREATE INDEX resources_by_blob ON resources (blob_id)",
+    *_SCHEMA_2,
 )
 
 # The rowid breaks ties between tasks created in one transaction: creation order.
@@ -268,17 +336,21 @@ _INSERT_TASK = """
 INSERT INTO tasks (task_id, session_id, status, partition_id, priority, max_retries,
     options, payload_blob, payload_size, data_dependencies, expected_outputs,
     parent_task_ids, retry_of_ids, missing_deps, staged_by, status_message,
-    created_at, submitted_at, ended_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', ?, ?, ?, ?, ?, ?)
+    created_at, submitted_at, ended_at, application_name, application_version,
+    application_namespace, application_service)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 RETURNING *"""
 
 _INSERT_RETRY = f"""
 INSERT INTO tasks (task_id, session_id, status, partition_id, priority, max_retries,
     options, payload_blob, payload_size, data_dependencies, expected_outputs,
-    parent_task_ids, retry_of_ids, missing_deps, created_at, submitted_at)
+    parent_task_ids, retry_of_ids, missing_deps, created_at, submitted_at,
+    application_name, application_version, application_namespace,
+    application_service)
 SELECT ?1, session_id, {_SUBMITTED}, partition_id, priority, max_retries, options,
     payload_blob, payload_size, data_dependencies, expected_outputs, parent_task_ids,
-    json_insert(retry_of_ids, '$[#]', task_id), 0, ?2, ?2
+    json_insert(retry_of_ids, '$[#]', task_id), 0, ?2, ?2, application_name,
+    application_version, application_namespace, application_service
 FROM tasks WHERE task_id = ?3
 RETURNING *"""
 
@@ -332,55 +404,23 @@ UPDATE tasks SET status = ?, status_message = ?, ended_at = ?, token = NULL,
 WHERE task_id = ? RETURNING *"""
 
 
-def _timestamp(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, timezone.utc)
+def _clock() -> float:
+    """Now in Unix seconds, to the microsecond: what a record's datetime holds, so
+    that a bound taken from a record compares with the stored time exactly."""
+    return round(time.time(), 6)
 
 
 def _iso(value: float) -> str:
     return datetime.fromtimestamp(value, timezone.utc).isoformat()
 
 
-def _session_record(row: sqlite3.Row) -> SessionRecord:
-    return SessionRecord(
-        session_id=row["session_id"],
-        status=SessionStatus(row["status"]),
-        default_options=objects_pb2.TaskOptions.FromString(row["default_options"]),
-        partition_ids=tuple(json.loads(row["partition_ids"])),
-        created_at=datetime.fromtimestamp(row["created_at"], timezone.utc),
-        cancelled_at=_timestamp(row["cancelled_at"]),
-    )
-
-
-def _task_record(row: sqlite3.Row) -> TaskRecord:
-    return TaskRecord(
-        task_id=row["task_id"],
-        session_id=row["session_id"],
-        status=TaskStatus(row["status"]),
-        options=objects_pb2.TaskOptions.FromString(row["options"]),
-        payload=BlobRef(row["payload_blob"], row["payload_size"]),
-        data_dependencies=tuple(json.loads(row["data_dependencies"])),
-        expected_outputs=tuple(json.loads(row["expected_outputs"])),
-        parent_task_ids=tuple(json.loads(row["parent_task_ids"])),
-        retry_of_ids=tuple(json.loads(row["retry_of_ids"])),
-        status_message=row["status_message"],
-        owner_agent_id=row["owner_agent_id"],
-        created_at=_timestamp(row["created_at"]),
-        submitted_at=_timestamp(row["submitted_at"]),
-        acquired_at=_timestamp(row["acquired_at"]),
-        started_at=_timestamp(row["started_at"]),
-        ended_at=_timestamp(row["ended_at"]),
-    )
-
-
-def _result_record(row: sqlite3.Row) -> ResultRecord:
-    return ResultRecord(
-        session_id=row["session_id"],
-        key=row["key"],
-        owner_task_id=row["owner_task_id"],
-        status=ResultStatus(row["status"]),
-        size=row["size"],
-        created_at=_timestamp(row["created_at"]),
-        completed_at=_timestamp(row["completed_at"]),
+def _application(options: objects_pb2.TaskOptions) -> tuple[str, str, str, str]:
+    """The columns that name the application of tasks of these options."""
+    return (
+        options.application_name,
+        options.application_version,
+        options.application_namespace,
+        options.application_service,
     )
 
 
@@ -407,7 +447,7 @@ class _Transition:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
-        self.now = time.time()
+        self.now = _clock()
 
     # -- reading ------------------------------------------------------------------
 
@@ -794,6 +834,7 @@ class _Creation:
                 now,
                 now if status == TaskStatus.SUBMITTED else None,
                 now if status.is_final else None,
+                *_application(self._options),
             ),
         )
         assert row is not None
@@ -803,7 +844,7 @@ class _Creation:
                 "INSERT INTO dependencies (session_id, key, task_id) VALUES (?, ?, ?)",
                 [(self._session_id, key, task_id) for key in missing],
             )
-        return _task_record(row)
+        return task_record(row)
 
     def _store_outputs(
         self,
@@ -829,6 +870,35 @@ class _Creation:
         )
 
 
+def _upgrade_from_1(db: sqlite3.Connection) -> None:
+    """Add what version 2 added: the applications' columns, filled from the stored
+    options, the event log (empty) and the indexes of listings.
+
+    Agents of version 1 still running on the file would go on without storing
+    events: stop them first.
+    """
+    for statement in _UPGRADE_FROM_1:
+        db.execute(statement)
+    tasks = db.execute("SELECT task_id, options FROM tasks").fetchall()
+    db.executemany(
+        "UPDATE tasks SET application_name = ?, application_version = ?, "
+        "application_namespace = ?, application_service = ? WHERE task_id = ?",
+        [
+            (*_application(objects_pb2.TaskOptions.FromString(options)), task_id)
+            for task_id, options in tasks
+        ],
+    )
+    sessions = db.execute("SELECT session_id, default_options FROM sessions")
+    db.executemany(
+        "UPDATE sessions SET application_name = ?, application_version = ? "
+        "WHERE session_id = ?",
+        [
+            (*_application(objects_pb2.TaskOptions.FromString(options))[:2], sid)
+            for sid, options in sessions.fetchall()
+        ],
+    )
+
+
 def _enable_wal(db: sqlite3.Connection, deadline: float) -> None:
     # Switching a new file to WAL takes an exclusive lock, and sqlite reports a busy
     # file at once here rather than through the busy timeout.
@@ -848,10 +918,52 @@ def _enable_wal(db: sqlite3.Connection, deadline: float) -> None:
         return
 
 
+class _Wakeups:
+    """What the open transaction changed, for the wake-ups published at its commit.
+
+    The event triggers call ``event_at`` for every event they store; a savepoint
+    rolled back takes its topics with it.
+    """
+
+    def __init__(self, publish: Callable[[int], None]) -> None:
+        self._publish = publish
+        self.topics = 0
+        # Events stored since the log was last pruned; rolled-back ones count too.
+        self.unpruned = 0
+
+    def event_at(self, queued: int) -> float:
+        self.topics |= Topic.STATE | (Topic.QUEUE if queued else 0)
+        self.unpruned += 1
+        return time.time()
+
+    def touch(self, topics: Topic) -> None:
+        self.topics |= topics
+
+    def discard(self) -> None:
+        self.topics = 0
+
+    def committed(self) -> None:
+        topics, self.topics = self.topics, 0
+        if not topics:
+            return
+        try:
+            self._publish(topics)
+        except Exception:
+            # The transition is committed: its caller must hear so, whatever the
+            # wake-up's fate. Subscribers time out and look again.
+            logger.warning("cannot publish wake-ups for %d", topics, exc_info=True)
+
+
 class _Store:
     """The connection and every transition; used only on the backend's thread."""
 
-    def __init__(self, path: Path, busy_timeout: timedelta) -> None:
+    def __init__(
+        self,
+        path: Path,
+        busy_timeout: timedelta,
+        keep_events: int,
+        publish: Callable[[int], None],
+    ) -> None:
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise BackendError(
                 f"the embedded backend needs SQLite {'.'.join(map(str, _MIN_SQLITE))} "
@@ -860,6 +972,11 @@ class _Store:
         seconds = busy_timeout.total_seconds()
         self._busy_ms = int(seconds * 1000)
         self._grouped = False
+        self._keep_events = keep_events
+        # Often enough that the log stays near its bound, in deletions short enough
+        # not to hold up the transition that makes them.
+        self._prune_every = max(1, min(_PRUNE_EVERY, keep_events // 10))
+        self._wakeups = _Wakeups(publish)
         # Used by the backend thread and, for short calls, by the event loop, never
         # both at once: the thread's lock keeps them apart.
         self._db = sqlite3.connect(
@@ -870,19 +987,27 @@ class _Store:
         _enable_wal(self._db, time.monotonic() + seconds)
         with self._transaction() as db:
             self._create_schema(db, path)
+        self._db.create_function(
+            EVENT_TIME_FUNCTION, 1, self._wakeups.event_at, deterministic=False
+        )
+        for trigger in EVENT_TRIGGERS:
+            self._db.execute(trigger)
 
     @staticmethod
     def _create_schema(db: sqlite3.Connection, path: Path) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version == _SCHEMA_VERSION:
             return
-        if version != 0:
+        if version == 1:
+            _upgrade_from_1(db)
+        elif version == 0:
+            for statement in _SCHEMA:
+                db.execute(statement)
+        else:
             raise BackendError(
                 f"{path} holds state of schema version {version}; this agent knows "
-                f"version {_SCHEMA_VERSION}"
+                f"versions up to {_SCHEMA_VERSION}"
             )
-        for statement in _SCHEMA:
-            db.execute(statement)
         db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -909,23 +1034,38 @@ class _Store:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._prune_events()
             self._db.execute("COMMIT")
         except BaseException:
+            self._wakeups.discard()
             # A failed COMMIT too: a transaction left open would refuse every
             # later BEGIN on this connection.
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+        self._wakeups.committed()
 
     def _savepoint(self) -> Iterator[sqlite3.Connection]:
+        topics = self._wakeups.topics
         self._db.execute("SAVEPOINT transition")
         try:
             yield self._db
         except BaseException:
             self._db.execute("ROLLBACK TO transition")
             self._db.execute("RELEASE transition")
+            self._wakeups.topics = topics
             raise
         self._db.execute("RELEASE transition")
+
+    def _prune_events(self) -> None:
+        """Drop the oldest events beyond those kept, once enough were added."""
+        if self._wakeups.unpruned < self._prune_every:
+            return
+        self._wakeups.unpruned = 0
+        self._db.execute(
+            "DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events) - ?",
+            (self._keep_events,),
+        )
 
     def run_group(self, calls: Sequence[Callable[[], Any]]) -> list[_Outcome]:
         """Run several calls as one transaction, each in a savepoint of its own.
@@ -944,16 +1084,20 @@ class _Store:
                 except Exception as error:
                     outcomes.append((False, error))
         except BaseException:
+            self._wakeups.discard()
             self._db.execute("ROLLBACK")
             raise
         finally:
             self._grouped = False
         try:
+            self._prune_events()
             self._db.execute("COMMIT")
         except sqlite3.Error as error:
+            self._wakeups.discard()
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             return [(False, error)] * len(calls)
+        self._wakeups.committed()
         return outcomes
 
     # -- sessions -----------------------------------------------------------------
@@ -965,31 +1109,35 @@ class _Store:
             row = _one(
                 db,
                 "INSERT INTO sessions (session_id, status, default_options, "
-                "partition_ids, created_at) VALUES (?, ?, ?, ?, ?) RETURNING *",
+                "partition_ids, created_at, application_name, application_version) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (
                     str(uuid.uuid4()),
                     SessionStatus.RUNNING,
                     default_options.SerializeToString(deterministic=True),
                     json.dumps(partition_ids),
-                    time.time(),
+                    _clock(),
+                    *_application(default_options)[:2],
                 ),
             )
+            self._wakeups.touch(Topic.STATE)
         assert row is not None
-        return _session_record(row)
+        return session_record(row)
 
     def get_session(self, session_id: str) -> SessionRecord:
-        return _session_record(_Transition(self._db).session(session_id))
+        return session_record(_Transition(self._db).session(session_id))
 
     def cancel_session(self, session_id: str) -> SessionRecord:
         with self._transaction() as db:
             step = _Transition(db)
             session = step.session(session_id)
             if session["status"] == SessionStatus.CANCELLED:
-                return _session_record(session)
+                return session_record(session)
             db.execute(
                 "UPDATE sessions SET status = ?, cancelled_at = ? WHERE session_id = ?",
                 (SessionStatus.CANCELLED, step.now, session_id),
             )
+            self._wakeups.touch(Topic.STATE)
             # Staged subtasks go with their parent, which is cancelled here too.
             tasks = db.execute(
                 "SELECT * FROM tasks WHERE session_id = ? "
@@ -998,7 +1146,7 @@ class _Store:
             ).fetchall()
             for row in tasks:
                 step.cancel(row)
-            return _session_record(step.session(session_id))
+            return session_record(step.session(session_id))
 
     # -- blobs --------------------------------------------------------------------
 
@@ -1091,7 +1239,7 @@ class _Store:
     ) -> Attempt | None:
         token = secrets.token_urlsafe(32)
         with self._transaction() as db:
-            now = time.time()
+            now = _clock()
             expires = now + lease.total_seconds()
             row = _one(db, _ACQUIRE, (agent_id, token, expires, now, partition_id))
         if row is None:
@@ -1100,7 +1248,7 @@ class _Store:
         if row["payload_size"] <= payload_up_to:
             payload = b"".join(self.chunks(row["payload_blob"], 0))
         return Attempt(
-            _task_record(row), agent_id, token, _utc(expires), payload_data=payload
+            task_record(row), agent_id, token, _utc(expires), payload_data=payload
         )
 
     def start(self, attempt: Attempt) -> None:
@@ -1211,13 +1359,13 @@ class _Store:
             step.commit_staged_results(task_id, session_id)
             for subtask_id in subtasks:
                 step.activate(subtask_id)
-            return _task_record(step.end_attempt(task_id, TaskStatus.COMPLETED))
+            return task_record(step.end_attempt(task_id, TaskStatus.COMPLETED))
 
     def fail(self, attempt: Attempt, error: str, status: TaskStatus) -> TaskRecord:
         with self._transaction() as db:
             step = _Transition(db)
             row = step.attempt(attempt)
-            return _task_record(step.fail(row, error, status))
+            return task_record(step.fail(row, error, status))
 
     def release(self, attempt: Attempt) -> None:
         with self._transaction() as db:
@@ -1258,15 +1406,15 @@ class _Store:
                     f"task {row['task_id']} is not being cancelled; end the attempt "
                     "with complete, fail or release"
                 )
-            return _task_record(step.end_cancelled(row))
+            return task_record(step.end_cancelled(row))
 
     # -- reading and cancelling ---------------------------------------------------
 
     def get_task(self, task_id: str) -> TaskRecord:
-        return _task_record(_Transition(self._db).task(task_id))
+        return task_record(_Transition(self._db).task(task_id))
 
     def get_result(self, session_id: str, key: str) -> ResultRecord:
-        return _result_record(self._result_row(session_id, key))
+        return result_record(self._result_row(session_id, key))
 
     def _result_row(self, session_id: str, key: str) -> sqlite3.Row:
         # A result that a staged subtask created exists only for its parent's attempt.
@@ -1296,7 +1444,7 @@ class _Store:
                 step.task(task_id)
             for task_id in dict.fromkeys(task_ids):
                 step.cancel(step.task(task_id))
-            return [_task_record(step.task(task_id)) for task_id in task_ids]
+            return [task_record(step.task(task_id)) for task_id in task_ids]
 
     # -- resources ----------------------------------------------------------------
 
@@ -1530,13 +1678,27 @@ class SqliteBackend(Backend):
         path: str | os.PathLike[str],
         *,
         busy_timeout: timedelta = timedelta(seconds=30),
+        keep_events: int = 1_000_000,
     ) -> None:
+        if keep_events < 1:
+            raise ValueError(f"keep at least 1 event, not {keep_events}")
         self._path = Path(path)
+        self._timeout = busy_timeout.total_seconds()
         self._closed = False
+        self._notifier = Notifier(notify_directory(self._path))
+        # Started by the first listing or read of events, which most agents never make.
+        self._reading: _Thread | None = None
+        self._reader: Reader | None = None
         self._thread = _Thread(f"sqlite-backend {self._path.name}")
         try:
             self._store = self._thread.run(
-                functools.partial(_Store, self._path, busy_timeout)
+                functools.partial(
+                    _Store,
+                    self._path,
+                    busy_timeout,
+                    keep_events,
+                    self._notifier.publish,
+                )
             )
             self._thread.group_with(self._store.run_group)
         except sqlite3.Error as err:
@@ -1550,11 +1712,28 @@ class SqliteBackend(Backend):
 
     @classmethod
     def from_url(cls, url: str) -> SqliteBackend:
-        """Open ``sqlite://PATH``."""
-        scheme, _, path = url.partition("://")
+        """Open ``sqlite://PATH``, or ``sqlite://PATH?events=N`` to keep the newest
+        N events (a million by default)."""
+        scheme, _, rest = url.partition("://")
+        path, _, query = rest.partition("?")
         if scheme != "sqlite" or not path:
             raise ValueError(f"expected sqlite://PATH, got {url!r}")
-        return cls(path)
+        parameters = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+        unknown = sorted(set(parameters) - {"events"})
+        if unknown:
+            raise ValueError(
+                f"unknown parameter {unknown[0]!r} in {url!r}; sqlite:// takes only "
+                "events=N, the number of events to keep"
+            )
+        if "events" not in parameters:
+            return cls(path)
+        try:
+            keep_events = int(parameters["events"])
+        except ValueError:
+            raise ValueError(
+                f"events={parameters['events']!r} in {url!r} is not a number of events"
+            ) from None
+        return cls(path, keep_events=keep_events)
 
     async def _call(
         self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
@@ -1585,14 +1764,47 @@ class SqliteBackend(Backend):
             return value  # type: ignore[return-value]
         return await self._call(fn, *args, **kwargs)
 
+    async def _read(self, fn: Callable[[Reader], _T]) -> _T:
+        """Run ``fn`` on the reading connection, on its thread."""
+        if self._closed:
+            raise BackendError(f"the backend on {self._path} is closed")
+        if self._reading is None:
+            self._reading = _Thread(f"sqlite-reader {self._path.name}")
+        try:
+            return await self._reading.call(functools.partial(self._on_reader, fn))
+        except sqlite3.Error as err:
+            raise BackendError(f"the state file {self._path} failed: {err}") from err
+
+    def _on_reader(self, fn: Callable[[Reader], _T]) -> _T:
+        # Only the reading thread gets here: the connection is made and used there.
+        if self._reader is None:
+            self._reader = Reader(self._path, self._timeout)
+        return fn(self._reader)
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._notifier.close()
         try:
-            await self._thread.call(self._store.close, groupable=False)
+            await self._stop_reading()
         finally:
-            self._thread.stop()
+            try:
+                await self._thread.call(self._store.close, groupable=False)
+            finally:
+                self._thread.stop()
+
+    async def _stop_reading(self) -> None:
+        if self._reading is None:
+            return
+        try:
+            await self._reading.call(self._close_reader)
+        finally:
+            self._reading.stop()
 
     # -- sessions -----------------------------------------------------------------
 
@@ -1780,32 +1992,55 @@ class SqliteBackend(Backend):
     async def delete_resource(self, key: str) -> None:
         await self._call(self._store.delete_resource, key)
 
-    # Listings, events and wake-ups: not yet served by this backend.
+    # -- listings, events and wake-ups ---------------------------------------------
 
     async def list_tasks(self, query: TaskQuery) -> Page[TaskRecord]:
-        raise NotImplementedError
+        return await self._read(lambda reader: reader.list_tasks(query))
 
     async def count_tasks(self, query: TaskQuery) -> dict[TaskStatus, int]:
-        raise NotImplementedError
+        return await self._read(lambda reader: reader.count_tasks(query))
 
     async def list_sessions(self, query: SessionQuery) -> Page[SessionRecord]:
-        raise NotImplementedError
+        return await self._read(lambda reader: reader.list_sessions(query))
 
     async def list_results(self, query: ResultQuery) -> Page[ResultRecord]:
-        raise NotImplementedError
+        return await self._read(lambda reader: reader.list_results(query))
 
     async def list_applications(
         self, query: ApplicationQuery
     ) -> Page[ApplicationRecord]:
-        raise NotImplementedError
+        return await self._read(lambda reader: reader.list_applications(query))
 
     async def read_events(
         self, after: int, *, session_id: str | None = None, limit: int = 1000
     ) -> list[Event]:
-        raise NotImplementedError
+        return await self._read(
+            lambda reader: reader.read_events(after, session_id, limit)
+        )
 
     async def last_event(self) -> int:
-        raise NotImplementedError
+        return await self._read(Reader.last_event)
 
     def subscribe(self, topics: Topic | None = None) -> Subscription:
-        raise NotImplementedError
+        if self._closed:
+            raise BackendError(f"the backend on {self._path} is closed")
+        try:
+            listener = self._notifier.listen(Topic.ANY if topics is None else topics)
+        except OSError as err:
+            raise BackendError(
+                f"cannot listen for wake-ups of the state file {self._path}: {err}"
+            ) from err
+        return _Subscription(listener)
+
+
+class _Subscription(Subscription):
+    """One listener on the wake-up sockets shared by the state file's users."""
+
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        return await self._listener.wait(timeout)
+
+    def close(self) -> None:
+        self._listener.close()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import traceback
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from multiprocessing.queues import Queue
 
 from agent.backend import (
     Attempt,
@@ -96,3 +99,22 @@ async def finish(
     for key, data in values.items():
         await backend.stage_result(attempt, key, await blob(backend, data))
     return await backend.complete(attempt)
+
+
+def submit_in_process(url: str, session_id: str, key: str, report: Queue[str]) -> None:
+    """A process's entry point: submit one task with output ``key`` from a backend
+    of its own; report "" once it is done, or the traceback."""
+
+    async def submit_one() -> None:
+        backend = open_backend(url)
+        try:
+            await submit(backend, session_id, await new_task(backend, [key]))
+        finally:
+            await backend.close()
+
+    try:
+        asyncio.run(submit_one())
+    except BaseException:
+        report.put(traceback.format_exc())
+    else:
+        report.put("")

@@ -1,0 +1,80 @@
+"""Opening a state file of an earlier schema version."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent.backend import (
+    ApplicationQuery,
+    ApplicationRecord,
+    BackendError,
+    EventKind,
+    SessionQuery,
+    SqliteBackend,
+    TaskQuery,
+    TaskStatus,
+)
+from gridpod_api import objects_pb2
+from tests.backend.support import new_task, session, submit, take
+
+# What version 2 added, undone: the file a version 1 agent left.
+_BACK_TO_VERSION_1 = (
+    "DROP TABLE events",
+    "DROP INDEX tasks_by_application",
+    *(
+        f"ALTER TABLE tasks DROP COLUMN application_{field}"
+        for field in ("name", "version", "namespace", "service")
+    ),
+    "ALTER TABLE sessions DROP COLUMN application_name",
+    "ALTER TABLE sessions DROP COLUMN application_version",
+    "PRAGMA user_version = 1",
+)
+
+
+def _rewrite(path: Path, statements: tuple[str, ...]) -> None:
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        for statement in statements:
+            db.execute(statement)
+
+
+async def test_a_version_1_file_is_upgraded_with_its_applications(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    backend = SqliteBackend(path)
+    app = objects_pb2.TaskOptions(application_name="pricer", application_version="3")
+    sid = await session(backend, app)
+    [task] = await submit(backend, sid, await new_task(backend, ["out"]))
+    await backend.close()
+    _rewrite(path, _BACK_TO_VERSION_1)
+
+    upgraded = SqliteBackend(path)
+    try:
+        applications = await upgraded.list_applications(ApplicationQuery())
+        assert applications.items == [ApplicationRecord("pricer", "3", "", "")]
+        sessions = await upgraded.list_sessions(SessionQuery(application_version="3"))
+        assert [s.session_id for s in sessions.items] == [sid]
+        counts = await upgraded.count_tasks(TaskQuery(session_ids=[sid]))
+        assert counts == {TaskStatus.SUBMITTED: 1}
+        # The log starts empty, with the first change after the upgrade.
+        assert await upgraded.last_event() == 0
+        await take(upgraded)
+        events = await upgraded.read_events(0)
+        assert [(e.seq, e.kind, e.task_id, e.status) for e in events] == [
+            (1, EventKind.TASK_STATUS, task.task_id, TaskStatus.DISPATCHED),
+            (2, EventKind.TASK_STATUS, task.task_id, TaskStatus.PROCESSING),
+        ]
+    finally:
+        await upgraded.close()
+
+
+def test_a_file_of_a_later_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    _rewrite(path, ("PRAGMA user_version = 99",))
+
+    with pytest.raises(BackendError, match="schema version 99"):
+        SqliteBackend(path)
