@@ -1184,6 +1184,13 @@ class _Store:
         count: int = row[0]
         return blob_id, count, self.chunks(blob_id, 0) if count else []
 
+    def whole_blob(self, blob_id: str) -> bytes:
+        """A small blob's data in one piece (``chunks`` returns one batch only)."""
+        rows = self._db.execute(
+            "SELECT data FROM blob_chunks WHERE blob_id = ? ORDER BY seq", (blob_id,)
+        ).fetchall()
+        return b"".join(data for (data,) in rows)
+
     def chunks(self, blob_id: str, first_seq: int) -> list[bytes]:
         batch: list[bytes] = []
         size = 0
@@ -1246,7 +1253,7 @@ class _Store:
             return None
         payload = None
         if row["payload_size"] <= payload_up_to:
-            payload = b"".join(self.chunks(row["payload_blob"], 0))
+            payload = self.whole_blob(row["payload_blob"])
         return Attempt(
             task_record(row), agent_id, token, _utc(expires), payload_data=payload
         )

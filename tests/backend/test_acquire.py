@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from agent.backend import Backend, LeaseLost, TaskCancelled, TaskStatus
+from agent.backend import Backend, LeaseLost, NewTask, TaskCancelled, TaskStatus
 from gridpod_api import objects_pb2
 from tests.backend.support import (
     AGENT,
@@ -154,3 +155,24 @@ async def test_renew_of_a_cancelled_task_says_so(backend: Backend) -> None:
 
     with pytest.raises(TaskCancelled):
         await backend.renew(attempt, LEASE)
+
+
+async def test_a_payload_brought_with_the_attempt_is_whole(backend: Backend) -> None:
+    # Several MiB in small chunks: more chunks than one read batch of a blob holds.
+    chunk = bytes(range(256)) * 328
+    payload = chunk * 40
+    session = await backend.create_session(objects_pb2.TaskOptions(), [""])
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(40):
+            yield chunk
+
+    blob = await backend.write_blob(chunks())
+    await backend.submit_tasks(
+        session.session_id, [NewTask(payload=blob, expected_outputs=["out"])]
+    )
+    attempt = await backend.acquire(
+        "agent", "", timedelta(seconds=30), payload_up_to=len(payload)
+    )
+    assert attempt is not None
+    assert attempt.payload_data == payload
