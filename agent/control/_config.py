@@ -13,15 +13,35 @@ class ControlPlaneConfig:
 
     # Chunk size of result streams, and what GetServiceConfiguration announces.
     data_chunk_max_size: int = 84_000
-    # While changes keep coming, a wait or a watch reads the state again at most
-    # this often; an idle one wakes at the first change.
+    # While changes keep coming, a wait or a watch reads the state again this often
+    # on average, a few times at once after a quiet time; an idle one wakes at the
+    # first change.
     requery_interval: float = 0.005
+    # A call with one answer to give (WaitForCompletion, WaitForAvailability) that
+    # has waited t seconds reads the state again at most every t times this, if
+    # longer: it answers late by this share of its wait at most, and a long wait
+    # over a busy grid costs little.
+    requery_share: float = 0.01
     # A waiting call reads the state again after this long even with no wake-up,
     # in case one was missed.
     safety_poll: float = 1.0
+    # The largest page a listing serves: bigger requests are refused rather than
+    # answered with one message of unbounded size.
+    max_page_size: int = 10_000
 
     def __post_init__(self) -> None:
         if self.data_chunk_max_size < 1:
             raise ValueError(
                 f"data_chunk_max_size must be positive, not {self.data_chunk_max_size}"
+            )
+        for name in ("requery_interval", "safety_poll"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        if not 0 <= self.requery_share < 1:
+            raise ValueError(
+                f"requery_share must be from 0 to less than 1, not {self.requery_share}"
+            )
+        if self.max_page_size < 1:
+            raise ValueError(
+                f"max_page_size must be positive, not {self.max_page_size}"
             )
