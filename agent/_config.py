@@ -36,8 +36,9 @@ class AgentConfig:
     agent_id: str = field(default_factory=_default_agent_id)
     # A task is taken back from an agent that stops renewing for this long.
     lease: timedelta = timedelta(seconds=30)
-    # How long an idle agent waits before polling an empty queue again.
-    idle_poll: timedelta = timedelta(milliseconds=50)
+    # An idle agent wakes when a task is queued; it also polls this often in case
+    # a wake-up was missed.
+    idle_poll: timedelta = timedelta(milliseconds=500)
     # On SIGTERM, running tasks get this long to finish before they are released.
     grace_period: timedelta = timedelta(seconds=30)
     # Chunk size of payloads and data sent to the worker, and announced to it.

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import grpc
 
@@ -32,12 +32,15 @@ from agent.backend import (
     NotOwned,
     TaskCancelled,
     TaskStatus,
+    Topic,
 )
 from gridpod_api import worker_common_pb2
 
 __all__ = ["TaskLoop"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 StopReason = Literal["cancelled", "lease-lost", "draining"]
 
@@ -199,24 +202,30 @@ class TaskLoop:
     # -- acquiring ahead ----------------------------------------------------------
 
     async def _read_ahead(self) -> None:
-        delay = 0.001
-        while not self._draining.is_set():
-            if not await self._until_draining(self._worker_ok.wait()):
-                return
-            attempt = await self._acquire()
-            if attempt is None:
-                # An empty queue: back off up to the idle poll interval.
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._config.idle_poll.total_seconds())
-                continue
-            delay = 0.001
-            payload = attempt.payload_data
-            # The read-ahead copy is the only one kept; the attempt lives longer.
-            attempt = dataclasses.replace(attempt, payload_data=None)
-            held = _Held(attempt, None, time.monotonic())
-            self._held[attempt.token] = held  # renewed from now on
-            held.data = await self._try_read(attempt, payload)
-            await self._ready.put(held)
+        # Subscribed before the first acquire, so that a task queued after an
+        # empty answer wakes the wait that follows it.
+        with self._backend.subscribe(Topic.QUEUE) as queued:
+            while not self._draining.is_set():
+                if not await self._until_draining(self._worker_ok.wait()):
+                    return
+                attempt = await self._acquire()
+                if attempt is None:
+                    # An empty queue: wait for a wake-up, or poll again after the
+                    # idle interval in case one was missed.
+                    await self._until_draining(
+                        queued.wait(self._config.idle_poll.total_seconds())
+                    )
+                    continue
+                await self._hold(attempt)
+
+    async def _hold(self, attempt: Attempt) -> None:
+        payload = attempt.payload_data
+        # The read-ahead copy is the only one kept; the attempt lives longer.
+        attempt = dataclasses.replace(attempt, payload_data=None)
+        held = _Held(attempt, None, time.monotonic())
+        self._held[attempt.token] = held  # renewed from now on
+        held.data = await self._try_read(attempt, payload)
+        await self._ready.put(held)
 
     async def _try_read(
         self, attempt: Attempt, payload: bytes | None
@@ -308,35 +317,65 @@ class TaskLoop:
     # -- running ------------------------------------------------------------------
 
     async def _slot(self) -> None:
+        # The commit of one task overlaps the run of the next: the worker gets its
+        # next task while the backend records the previous one.
+        committing: asyncio.Task[None] | None = None
         while True:
             held = await self._ready.get()
-            await self._until_draining(self._worker_ok.wait())
+            if not self._worker_ok.is_set():
+                await self._until_draining(self._worker_ok.wait())
             if self._draining.is_set():
                 await self._release(held)
                 continue
             self._running.add(held)
             self._idle.clear()
-            try:
-                await self._run(held)
-            except Exception:
-                # A slot must outlive any one task: give the task back and go on.
-                logger.exception(
-                    "task %s: running it failed",
-                    held.attempt.task.task_id,
-                    extra=_extra(held.attempt),
-                )
-                await self._release(held)
-            finally:
-                self._held.pop(held.attempt.token, None)
-                self._running.discard(held)
-                if not self._running:
-                    self._idle.set()
+            outcome = await self._guarded(held, self._run(held))
+            if outcome is None:
+                self._done(held)
+                continue
+            if committing is not None:
+                await committing
+            committing = asyncio.create_task(self._commit(held, *outcome))
 
-    async def _run(self, held: _Held) -> None:
+    async def _guarded(self, held: _Held, work: Coroutine[Any, Any, _T]) -> _T | None:
+        try:
+            return await work
+        except Exception:
+            # A slot must outlive any one task: give the task back and go on.
+            logger.exception(
+                "task %s: running it failed",
+                held.attempt.task.task_id,
+                extra=_extra(held.attempt),
+            )
+            await self._release(held)
+            return None
+
+    async def _commit(
+        self,
+        held: _Held,
+        reply: worker_common_pb2.ProcessReply,
+        results: dict[str, bytes],
+    ) -> None:
+        try:
+            await self._guarded(held, self._finish(held, reply, results))
+        finally:
+            self._done(held)
+
+    def _done(self, held: _Held) -> None:
+        self._held.pop(held.attempt.token, None)
+        self._running.discard(held)
+        if not self._running:
+            self._idle.set()
+
+    async def _run(
+        self, held: _Held
+    ) -> tuple[worker_common_pb2.ProcessReply, dict[str, bytes]] | None:
+        """Run the task on the worker; the reply to commit, or None if the attempt
+        already ended."""
         attempt = held.attempt
         if held.stop_reason is not None:
             await self._after_stop(held)
-            return
+            return None
         # Not awaited: the backend runs calls in order, so PROCESSING is recorded
         # before anything the worker sends, and the call leaves the critical path.
         starting = asyncio.ensure_future(self._backend.start(attempt))
@@ -355,16 +394,16 @@ class TaskLoop:
             if held.stop_reason is None:
                 raise
             await self._after_stop(held)
-            return
+            return None
         except grpc.aio.AioRpcError as error:
             await self._worker_error(held, error)
-            return
+            return None
         finally:
             _metrics.RUNNING.dec()
             self._registry.remove(attempt)
         if await self._start_failed(held, starting):
-            return
-        await self._finish(held, reply, running.results)
+            return None
+        return reply, running.results
 
     async def _start_failed(self, held: _Held, starting: asyncio.Future[None]) -> bool:
         """Whether recording the start failed; if so, the attempt is over."""
