@@ -17,16 +17,30 @@ from typing import Any, BinaryIO
 
 import click
 
+from agent._client_cli import result, submit, tasks, wait
 from agent._config import AgentConfig
 from agent._errors import AgentError
+from agent._local_cli import local
 from agent._sidecar import Sidecar
 from agent.backend import Backend, NotFound, open_backend
+from agent.control import ControlPlane, ControlPlaneConfig
+from worker_sdk._address import Address
 from worker_sdk._errors import WorkerSdkError
 from worker_sdk._logging import configure as configure_logging
-from worker_sdk._runtime import address_parameter, channel_options, log_format_option
+from worker_sdk._runtime import (
+    address_parameter,
+    channel_options,
+    log_format_option,
+    log_level_option,
+)
 from worker_sdk._runtime import run as run_loop
 
 _CHUNK = 1024 * 1024
+
+_CONTROL_PLANE_DEFAULTS = ControlPlaneConfig()
+# Calls still running when the control plane is told to stop get this long; a
+# client's health watch never ends by itself, so this is also how long it delays.
+_CONTROL_PLANE_GRACE = 2.0
 
 
 def _open(url: str) -> Backend:
@@ -97,6 +111,7 @@ _backend_option = click.option(
     "--agent-id", help="Name of this agent in task records (default: host-pid)."
 )
 @log_format_option
+@log_level_option(at_info="At info, one line per task transition.")
 def run(
     backend_url: str,
     worker: str,
@@ -112,9 +127,10 @@ def run(
     chunk_size: int,
     agent_id: str | None,
     log_format: str,
+    log_level: str,
 ) -> None:
     """Pull tasks from BACKEND and run them on the worker beside this agent."""
-    configure_logging(log_format)
+    configure_logging(log_format, log_level.upper())
     if (
         health_port is not None
         and metrics_port is not None
@@ -151,6 +167,59 @@ async def _serve(config: AgentConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, sidecar.drain)
     await sidecar.run()
+
+
+# -- control plane ----------------------------------------------------------------
+
+
+@main.command("control-plane")
+@_backend_option
+@click.option(
+    "--listen",
+    default="127.0.0.1:5001",
+    show_default=True,
+    help="Where clients connect: host:port (port 0 picks one) or unix:///path.",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1),
+    default=_CONTROL_PLANE_DEFAULTS.data_chunk_max_size,
+    show_default=True,
+    help="Chunk size of result data streamed to clients.",
+)
+@log_format_option
+@log_level_option(at_info="At info, one line per session cancelled and refused call.")
+def control_plane(
+    backend_url: str, listen: str, chunk_size: int, log_format: str, log_level: str
+) -> None:
+    """Serve ArmoniK's client API (Submitter, Sessions, Tasks, Results, Events...)
+    from BACKEND until SIGTERM or SIGINT."""
+    configure_logging(log_format, log_level.upper())
+    address = address_parameter(listen, None, "--listen")
+    config = ControlPlaneConfig(data_chunk_max_size=chunk_size)
+    # Fail fast on a bad URL or an unreadable state file, before the loop starts.
+    asyncio.run(_open(backend_url).close())
+    try:
+        run_loop(_serve_control_plane(backend_url, config, address))
+    except (AgentError, WorkerSdkError) as error:
+        raise click.ClickException(str(error)) from error
+
+
+async def _serve_control_plane(
+    backend_url: str, config: ControlPlaneConfig, address: Address
+) -> None:
+    backend = open_backend(backend_url)
+    plane = ControlPlane(backend, config, address)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await plane.start()
+        await stopping.wait()
+    finally:
+        await plane.stop(_CONTROL_PLANE_GRACE)
+        await backend.close()
 
 
 # -- resources --------------------------------------------------------------------
@@ -249,3 +318,10 @@ def resources_ls(backend_url: str) -> None:
 def resources_rm(backend_url: str, key: str) -> None:
     """Delete resource KEY."""
     _run_resource_command(_delete(_open(backend_url), key))
+
+
+# -- a grid on this machine, and commands for people ------------------------------
+
+main.add_command(local)
+for _command in (submit, wait, tasks, result):
+    main.add_command(_command)

@@ -17,6 +17,7 @@ from worker_sdk._runtime import (
     address_parameter,
     channel_options,
     log_format_option,
+    log_level_option,
     run,
 )
 from worker_sdk._server import WorkerConfig, WorkerServer
@@ -54,13 +55,7 @@ async def _serve(handler: TaskHandler, config: WorkerConfig) -> None:
 @click.argument("handler")
 @channel_options("--address", "--agent")
 @log_format_option
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="At info, one line per task.",
-)
+@log_level_option(at_info="At info, one line per task.")
 @click.option(
     "--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics here."
 )

@@ -10,7 +10,13 @@ import click
 
 from worker_sdk._address import DEFAULT_AGENT_ADDRESS, DEFAULT_WORKER_ADDRESS, Address
 
-__all__ = ["address_parameter", "channel_options", "log_format_option", "run"]
+__all__ = [
+    "address_parameter",
+    "channel_options",
+    "log_format_option",
+    "log_level_option",
+    "run",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -21,6 +27,19 @@ log_format_option = click.option(
     show_default=True,
     help="json: one object per line, with the fields of each event.",
 )
+
+
+def log_level_option(default: str = "info", at_info: str = "") -> Callable[[F], F]:
+    """``--log-level``, also read from ``GRIDPOD_LOG_LEVEL`` (which ``agent local``
+    sets for the processes it starts)."""
+    return click.option(
+        "--log-level",
+        envvar="GRIDPOD_LOG_LEVEL",
+        type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+        default=default,
+        show_default=True,
+        help=at_info or None,
+    )
 
 
 def channel_options(worker_flag: str, agent_flag: str) -> Callable[[F], F]:
