@@ -28,3 +28,23 @@ def test_a_quick_run_prints_its_figures(script: str, rss_row: str) -> None:
     assert "empty tasks" in done.stdout
     assert "ratio to floor" in done.stdout
     assert rss_row in done.stdout
+
+
+def test_a_quick_end_to_end_run_prints_its_figures() -> None:
+    done = subprocess.run(
+        [sys.executable, "bench/end_to_end.py", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "tasks/s" in done.stdout
+    assert "submit to result" in done.stdout
+    assert "results/s, 16 streams in flight" in done.stdout
+    # Without Celery or redis-server, our figures come alone, with a note.
+    assert (
+        "ratio to celery" in done.stdout
+        or "the Celery baseline could not run" in done.stdout
+    )
