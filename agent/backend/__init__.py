@@ -83,9 +83,10 @@ _SCHEMES = ("sqlite",)
 def open_backend(url: str) -> Backend:
     """The backend that ``url`` names.
 
-    ``sqlite://PATH`` opens (or creates) the state file at PATH, everything after
-    ``sqlite://``: ``sqlite:///var/lib/gridpod/state.db`` is absolute,
-    ``sqlite://state.db`` relative to the working directory.
+    ``sqlite://PATH[?events=N]`` opens (or creates) the state file at PATH, all
+    that follows ``sqlite://`` up to a ``?``: ``sqlite:///var/lib/gridpod/state.db``
+    is absolute, ``sqlite://state.db`` relative to the working directory. ``events``
+    is how many events the log keeps (1,000,000 by default).
     """
     scheme, separator, _ = url.partition("://")
     if not separator:
