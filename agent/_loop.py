@@ -30,6 +30,7 @@ from agent.backend import (
     LeaseLost,
     MissingOutputs,
     NotOwned,
+    Subscription,
     TaskCancelled,
     TaskStatus,
     Topic,
@@ -53,6 +54,21 @@ _WORKER_DOWN = frozenset(
         grpc.StatusCode.INTERNAL,
     }
 )
+
+
+# How often an agent that gets no wake-ups from its backend polls an empty queue.
+_FALLBACK_POLL = 0.02
+
+
+class _Polling(Subscription):
+    """Stands in for wake-ups the backend cannot give: every wait times out soon."""
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        await asyncio.sleep(min(timeout or _FALLBACK_POLL, _FALLBACK_POLL))
+        return False
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass(eq=False)
@@ -204,7 +220,7 @@ class TaskLoop:
     async def _read_ahead(self) -> None:
         # Subscribed before the first acquire, so that a task queued after an
         # empty answer wakes the wait that follows it.
-        with self._backend.subscribe(Topic.QUEUE) as queued:
+        with self._queue_wakeups() as queued:
             while not self._draining.is_set():
                 if not await self._until_draining(self._worker_ok.wait()):
                     return
@@ -217,6 +233,17 @@ class TaskLoop:
                     )
                     continue
                 await self._hold(attempt)
+
+    def _queue_wakeups(self) -> Subscription:
+        try:
+            return self._backend.subscribe(Topic.QUEUE)
+        except BackendError:
+            logger.warning(
+                "no wake-ups from the backend: polling for tasks every %.0f ms",
+                _FALLBACK_POLL * 1000,
+                exc_info=True,
+            )
+            return _Polling()
 
     async def _hold(self, attempt: Attempt) -> None:
         payload = attempt.payload_data

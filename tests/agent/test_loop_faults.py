@@ -214,3 +214,50 @@ async def test_draining_before_the_worker_ever_answered_stops(
     loop.drain()
     await asyncio.wait_for(runner, 3)
     assert worker.calls == 0
+
+
+async def test_without_wake_ups_the_agent_still_finds_tasks(
+    backend: SqliteBackend,
+) -> None:
+    def refuse(topics: Any = None) -> Any:
+        raise BackendError("cannot listen for wake-ups: permission denied")
+
+    backend.subscribe = refuse  # type: ignore[method-assign]
+    registry = AttemptRegistry()
+    loop = TaskLoop(_config(), backend, FakeWorker(registry), registry)  # type: ignore[arg-type]
+    runner = asyncio.create_task(loop.run())
+    try:
+        await asyncio.sleep(0.1)  # idle, and polling
+        ids = await _submit(backend, 2)
+
+        async def all_complete() -> bool:
+            statuses = await _statuses(backend, ids)
+            return all(s == TaskStatus.COMPLETED for s in statuses)
+
+        await _until(all_complete, timeout=5)
+    finally:
+        loop.drain()
+        await asyncio.wait_for(runner, 10)
+
+
+async def test_a_task_queued_by_another_process_wakes_an_idle_agent(
+    backend: SqliteBackend, tmp_path: Path
+) -> None:
+    # A long idle poll: only the wake-up can make the task start this soon.
+    config = _config(idle_poll=timedelta(seconds=30))
+    registry = AttemptRegistry()
+    loop = TaskLoop(config, backend, FakeWorker(registry), registry)  # type: ignore[arg-type]
+    runner = asyncio.create_task(loop.run())
+    other = SqliteBackend(tmp_path / "state.db")
+    try:
+        await asyncio.sleep(0.2)  # the agent found the queue empty and waits
+        ids = await _submit(other, 1)
+
+        async def completed() -> bool:
+            return (await _statuses(other, ids)) == [TaskStatus.COMPLETED]
+
+        await _until(completed, timeout=5)
+    finally:
+        loop.drain()
+        await asyncio.wait_for(runner, 10)
+        await other.close()
