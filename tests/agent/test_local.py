@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import select
 import signal
 import socket
 import subprocess
@@ -268,3 +271,37 @@ def test_commands_for_people(local_grid: LocalGridProcess, tmp_path: Path) -> No
     missing = _agent("result", "no-such-key", address=address, **in_session)
     assert missing.returncode != 0
     assert "no-such-key" in missing.stderr
+
+
+def test_a_long_wait_on_a_terminal_shows_its_progress(
+    local_grid: LocalGridProcess,
+) -> None:
+    _pods_ready(local_grid)
+    with Client(local_grid.address) as client:
+        session = client.create_session(TaskOptions(options={"kernel": "sleep"}))
+        session.submit([TaskSpec(b"0.8") for _ in range(4)])
+    controller, terminal = pty.openpty()
+    try:
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "agent", "wait", "--session", session.session_id],
+            cwd=REPO,
+            env={**os.environ, "GRIDPOD_CONTROL_PLANE": local_grid.address},
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+        )
+        out, _ = waiting.communicate(timeout=60)
+    finally:
+        os.close(terminal)
+    shown = b""
+    while select.select([controller], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    assert waiting.returncode == 0
+    assert out.split() == [b"completed", b"4"]
+    assert re.search(rb"\[[#.]{30}\] \d/4 final, 0 failed", shown), shown
