@@ -26,8 +26,8 @@ def estimate(address: str, tasks: int, points: int) -> dict[str, float]:
         session = client.create_session(TaskOptions(max_retries=2))
         samples = session.submit(
             [
-                TaskSpec(json.dumps({"seed": seed, "points": points}).encode())
-                for seed in range(tasks)
+                TaskSpec(json.dumps({"sample": n, "points": points}).encode())
+                for n in range(tasks)
             ],
             TaskOptions(options={"kernel": "sample"}),
         )

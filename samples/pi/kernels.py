@@ -15,7 +15,8 @@ class MonteCarloPi(TaskHandler):
     def sample(self, task: Task) -> bytes:
         """Throw ``points`` darts at the unit square; how many land in the circle."""
         request = json.loads(bytes(task.payload))
-        draw = random.Random(request["seed"]).random
+        # Each sampling task draws its own stream of numbers, chosen by its index.
+        draw = random.Random(request["sample"]).random
         inside = 0
         for _ in range(request["points"]):
             x, y = draw(), draw()
