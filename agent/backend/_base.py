@@ -20,7 +20,13 @@ over its outputs, with ``retry_of_ids`` naming every earlier attempt.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntEnum
@@ -219,6 +225,12 @@ class Backend(abc.ABC):
         A blob is immutable; one that nothing references any more (a discarded staged
         value or subtask payload, a replaced resource) may be deleted.
         """
+
+    @abc.abstractmethod
+    async def discard_blobs(self, blob_ids: Iterable[str]) -> None:
+        """Delete those of the blobs that nothing references: the payloads of tasks
+        that were refused, or of a submission that broke off. A referenced blob, or
+        an unknown id, is left alone."""
 
     # -- creating tasks -----------------------------------------------------------
 

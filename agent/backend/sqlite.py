@@ -1172,6 +1172,10 @@ class _Store:
             db.execute("DELETE FROM blob_chunks WHERE blob_id = ?", (blob_id,))
             db.execute("DELETE FROM blobs WHERE blob_id = ?", (blob_id,))
 
+    def discard_blobs(self, blob_ids: Sequence[str]) -> None:
+        with self._transaction() as db:
+            _Transition(db).drop_blobs(blob_ids)
+
     def open_blob(self, blob_id: str) -> tuple[str, int, list[bytes]]:
         """The blob's chunk count and first batch of chunks."""
         row = _one(
@@ -1875,6 +1879,11 @@ class SqliteBackend(Backend):
             batch = await self._call(self._store.chunks, blob_id, seq)
             if not batch:
                 raise NotFound(f"blob {blob_id} was deleted while being read")
+
+    async def discard_blobs(self, blob_ids: Iterable[str]) -> None:
+        wanted = list(blob_ids)
+        if wanted:
+            await self._call(self._store.discard_blobs, wanted)
 
     def read_blob(self, blob_id: str) -> AsyncIterator[bytes]:
         return self._stream(self._store.open_blob, blob_id)

@@ -5,14 +5,17 @@ header and payload chunks, up to ``init_task.last_task`` and the end of the stre
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 
 from agent._chunks import chained
-from agent.backend import Backend, BlobRef, NewTask
+from agent.backend import Backend, BackendError, BlobRef, NewTask
 from agent.control._status import invalid
 from gridpod_api import objects_pb2, submitter_common_pb2
 
 __all__ = ["LargeTaskStream", "store_payloads"]
+
+logger = logging.getLogger(__name__)
 
 _Request = submitter_common_pb2.CreateLargeTaskRequest
 _TaskHeader = objects_pb2.TaskRequestHeader
@@ -55,16 +58,20 @@ class LargeTaskStream:
     async def tasks(self, backend: Backend) -> list[NewTask]:
         """Every task of the stream, its payload stored as it arrives.
 
-        Returns once the stream has ended after ``init_task.last_task``. A payload
-        being written when the stream breaks the grammar is dropped by
-        ``write_blob``, and small ones held for writing are never written; those
-        already written for earlier tasks of the stream stay as blobs that no task
-        references.
+        Returns once the stream has ended after ``init_task.last_task``. When the
+        stream breaks off, the payload being written is dropped by ``write_blob``,
+        small ones held for writing are never written, and those already written
+        for earlier tasks are deleted.
         """
-        # TODO: drop the earlier payloads too once the backend can delete a blob
-        # that nothing references.
-        headers: list[_TaskHeader] = []
         payloads = _Payloads(backend)
+        try:
+            return await self._read_tasks(payloads)
+        except BaseException:
+            await payloads.discard()
+            raise
+
+    async def _read_tasks(self, payloads: _Payloads) -> list[NewTask]:
+        headers: list[_TaskHeader] = []
         while True:
             message = await self._next("before init_task.last_task")
             header = self._header(message, len(headers))
@@ -179,6 +186,13 @@ class _Payloads:
         stored = await store_payloads(self._backend, list(held.values()))
         for index, payload in zip(held, stored, strict=True):
             self._stored[index] = payload
+
+    async def discard(self) -> None:
+        written = [payload.blob_id for payload in self._stored if payload is not None]
+        try:
+            await asyncio.shield(self._backend.discard_blobs(written))
+        except BackendError:
+            logger.warning("cannot delete %d unused payloads", len(written))
 
     async def stored(self) -> list[BlobRef]:
         await self._write_held()

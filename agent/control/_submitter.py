@@ -7,6 +7,7 @@ nothing. Waits and watches wake on the backend's notifications of state changes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import (
     AsyncIterator,
@@ -23,6 +24,8 @@ import grpc
 
 from agent.backend import (
     Backend,
+    BackendError,
+    BlobRef,
     NewTask,
     NotCompleted,
     ResultQuery,
@@ -223,9 +226,15 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         tasks: Sequence[NewTask],
         options: objects_pb2.TaskOptions | None,
     ) -> _Reply:
-        # A refused task stores nothing: its payload blob is left unreferenced.
-        created = await self._backend.submit_tasks(session_id, tasks, options)
-        refused = sum(isinstance(item, TaskRefusal) for item in created)
+        try:
+            created = await self._backend.submit_tasks(session_id, tasks, options)
+        except BaseException:
+            await _discard(self._backend, [task.payload for task in tasks])
+            raise
+        # A refused task stores nothing: not even its payload.
+        refusals = [item for item in created if isinstance(item, TaskRefusal)]
+        await _discard(self._backend, [tasks[r.index].payload for r in refusals])
+        refused = len(refusals)
         logger.info(
             "session %s: created %d tasks, refused %d",
             session_id,
@@ -607,3 +616,11 @@ def _creation_status(item: TaskRecord | TaskRefusal) -> _Reply.CreationStatus:
         data_dependencies=item.data_dependencies,
     )
     return _Reply.CreationStatus(task_info=info)
+
+
+async def _discard(backend: Backend, payloads: Sequence[BlobRef]) -> None:
+    """Delete payloads that no task took; a failure only leaves them behind."""
+    try:
+        await asyncio.shield(backend.discard_blobs(p.blob_id for p in payloads))
+    except BackendError:
+        logger.warning("cannot delete %d unused payloads", len(payloads), exc_info=True)

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from agent.backend import Backend, NotFound
+from agent.backend import Backend, NewTask, NotFound
+from gridpod_api import objects_pb2
 from tests.backend.support import chunks, read
 
 CHUNK = 256 * 1024
@@ -96,3 +97,25 @@ async def test_64_mib_round_trips_in_bounded_memory(backend: Backend) -> None:
     assert digest.digest() == expected.digest()
     assert write_peak < MEMORY_BOUND, f"writing peaked at {write_peak} bytes"
     assert read_peak < MEMORY_BOUND, f"reading peaked at {read_peak} bytes"
+
+
+async def test_discarding_deletes_only_blobs_nothing_references(
+    backend: Backend,
+) -> None:
+    async def one(data: bytes) -> AsyncIterator[bytes]:
+        yield data
+
+    session = await backend.create_session(objects_pb2.TaskOptions(), [""])
+    used = await backend.write_blob(one(b"a task's payload"))
+    unused = await backend.write_blob(one(b"a refused task's payload"))
+    await backend.submit_tasks(
+        session.session_id, [NewTask(payload=used, expected_outputs=["out"])]
+    )
+    await backend.discard_blobs([used.blob_id, unused.blob_id, "no-such-blob"])
+    assert [chunk async for chunk in backend.read_blob(used.blob_id)] == [
+        b"a task's payload"
+    ]
+    with pytest.raises(NotFound):
+        async for _ in backend.read_blob(unused.blob_id):
+            pass
+    await backend.discard_blobs([])

@@ -222,6 +222,48 @@ async def test_create_large_tasks_grammar_violations(
     assert await grid.backend.count_tasks(TaskQuery(session_ids=[session_id])) == {}
     for key in ("k1", "k2"):
         assert not await has_result(grid.backend, session_id, key)
+    assert _stored_blobs(grid) == 0
+
+
+def _stored_blobs(grid: Grid) -> int:
+    # Read in the state file itself: the backend has no listing of blobs.
+    with contextlib.closing(sqlite3.connect(grid.state)) as db:
+        (count,) = db.execute("SELECT count(*) FROM blobs").fetchone()
+        return int(count)
+
+
+async def test_a_broken_stream_deletes_the_payloads_of_earlier_tasks(
+    grid: Grid,
+) -> None:
+    session_id = await new_session(grid)
+    large = b"y" * (2 * MIB)  # written as it arrives, not held
+    messages = [
+        init(session_id),
+        *large_task(["k1"], large),
+        *large_task(["k2"], b"small"),
+        header("k3"),
+        header("k4"),
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await grid.stub.CreateLargeTasks(stream(messages))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _stored_blobs(grid) == 0
+
+
+async def test_a_refused_task_leaves_no_payload(grid: Grid) -> None:
+    session_id = await new_session(grid)
+    await create_tasks(grid, session_id, task_request(["taken"]))
+    kept = _stored_blobs(grid)
+    messages = [
+        init(session_id),
+        *large_task(["taken"], b"refused: its key exists"),
+        *large_task(["fresh"], b"created"),
+        LAST,
+    ]
+    reply = await grid.stub.CreateLargeTasks(stream(messages))
+    statuses = reply.creation_status_list.creation_statuses
+    assert [s.WhichOneof("Status") for s in statuses] == ["error", "task_info"]
+    assert _stored_blobs(grid) == kept + 1
 
 
 async def test_a_broken_stream_drops_the_payload_it_was_writing(grid: Grid) -> None:
