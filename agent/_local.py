@@ -213,10 +213,12 @@ class LocalGrid:
             self._backend, self.config.control, self.config.listen
         )
         try:
-            await self._control.start()
             for index in range(self.config.workers):
                 self.pods.append(self._start_pod(index))
             await self._wait_ready()
+            # Last, so that a client that reaches the control plane finds every pod
+            # ready to take its tasks.
+            await self._control.start()
         except BaseException:
             await self.stop()
             raise
