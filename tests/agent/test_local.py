@@ -305,3 +305,29 @@ def test_a_long_wait_on_a_terminal_shows_its_progress(
     assert waiting.returncode == 0
     assert out.split() == [b"completed", b"4"]
     assert re.search(rb"\[[#.]{30}\] \d/4 final, 0 failed", shown), shown
+
+
+def test_a_busy_port_is_reported_and_leaves_nothing_running() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        grid = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "agent", "local"),
+                *("--listen", f"127.0.0.1:{port}", "--run", "true"),
+                "--",
+                *WORKER,
+            ],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        children: set[int] = set()
+        while grid.poll() is None:
+            children |= _descendants(grid.pid)
+            time.sleep(0.05)
+        _, errors = grid.communicate(timeout=60)
+    assert grid.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in errors
+    assert not {pid for pid in children if _running(pid)}
