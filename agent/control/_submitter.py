@@ -193,7 +193,9 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         if not request.task_requests:
             invalid("CreateSmallTasks got no task_requests: there is nothing to create")
         options = _given_options(request, "task_options")
-        await self._running_session(session_id)
+        # The payloads are here already: no session check before storing them
+        # (submit_tasks refuses an unknown or cancelled session, and the payloads
+        # are then deleted), which spares the common case a call to the backend.
         payloads = await store_payloads(
             self._backend, [[task.payload] for task in request.task_requests]
         )

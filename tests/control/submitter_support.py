@@ -4,7 +4,9 @@ play the agent's part (acquire, complete, fail) from a test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
@@ -224,3 +226,11 @@ async def not_yet(call: asyncio.Future[Any], delay: float = 0.2) -> None:
     """Check that ``call`` is still waiting after ``delay`` seconds."""
     done, _ = await asyncio.wait({call}, timeout=delay)
     assert not done, f"answered too early: {call.result() if done else None}"
+
+
+def stored_blobs(grid: Grid) -> int:
+    """How many blobs the state file holds, read in the file itself: the backend
+    has no listing of blobs."""
+    with contextlib.closing(sqlite3.connect(grid.state)) as db:
+        (count,) = db.execute("SELECT count(*) FROM blobs").fetchone()
+        return int(count)

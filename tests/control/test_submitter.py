@@ -27,6 +27,7 @@ from tests.control.submitter_support import (
     new_session,
     options,
     status_of,
+    stored_blobs,
     take,
     task_request,
 )
@@ -256,6 +257,7 @@ async def test_create_small_tasks_refusals_store_nothing(grid: Grid) -> None:
         assert (got, named in details) == (code, True), details
     for key in ("k1", "k2", "k3"):
         assert not await has_result(grid.backend, session_id, key)
+    assert stored_blobs(grid) == 0
 
 
 async def test_create_small_tasks_in_cancelled_session(grid: Grid) -> None:
@@ -270,6 +272,7 @@ async def test_create_small_tasks_in_cancelled_session(grid: Grid) -> None:
     )
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert not await has_result(grid.backend, session_id, "a")
+    assert stored_blobs(grid) == 0
 
 
 # -- listing, counting and the status of tasks ------------------------------------

@@ -40,6 +40,7 @@ from tests.control.submitter_support import (
     options,
     serve,
     status_of,
+    stored_blobs,
     take,
     task_request,
 )
@@ -222,14 +223,7 @@ async def test_create_large_tasks_grammar_violations(
     assert await grid.backend.count_tasks(TaskQuery(session_ids=[session_id])) == {}
     for key in ("k1", "k2"):
         assert not await has_result(grid.backend, session_id, key)
-    assert _stored_blobs(grid) == 0
-
-
-def _stored_blobs(grid: Grid) -> int:
-    # Read in the state file itself: the backend has no listing of blobs.
-    with contextlib.closing(sqlite3.connect(grid.state)) as db:
-        (count,) = db.execute("SELECT count(*) FROM blobs").fetchone()
-        return int(count)
+    assert stored_blobs(grid) == 0
 
 
 async def test_a_broken_stream_deletes_the_payloads_of_earlier_tasks(
@@ -247,13 +241,13 @@ async def test_a_broken_stream_deletes_the_payloads_of_earlier_tasks(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await grid.stub.CreateLargeTasks(stream(messages))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert _stored_blobs(grid) == 0
+    assert stored_blobs(grid) == 0
 
 
 async def test_a_refused_task_leaves_no_payload(grid: Grid) -> None:
     session_id = await new_session(grid)
     await create_tasks(grid, session_id, task_request(["taken"]))
-    kept = _stored_blobs(grid)
+    kept = stored_blobs(grid)
     messages = [
         init(session_id),
         *large_task(["taken"], b"refused: its key exists"),
@@ -263,7 +257,7 @@ async def test_a_refused_task_leaves_no_payload(grid: Grid) -> None:
     reply = await grid.stub.CreateLargeTasks(stream(messages))
     statuses = reply.creation_status_list.creation_statuses
     assert [s.WhichOneof("Status") for s in statuses] == ["error", "task_info"]
-    assert _stored_blobs(grid) == kept + 1
+    assert stored_blobs(grid) == kept + 1
 
 
 async def test_a_broken_stream_drops_the_payload_it_was_writing(grid: Grid) -> None:
