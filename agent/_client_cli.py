@@ -18,6 +18,7 @@ from typing import TextIO
 
 import click
 
+from agent._local_cli import CONTROL_PLANE_VARIABLE
 from worker_sdk import TaskOptions
 from worker_sdk.client import (
     Client,
@@ -40,7 +41,7 @@ _BAR_WIDTH = 30
 _control_plane_option = click.option(
     "--control-plane",
     "address",
-    envvar="GRIDPOD_CONTROL_PLANE",
+    envvar=CONTROL_PLANE_VARIABLE,
     default="127.0.0.1:5001",
     show_default=True,
     help="The control plane: host:port or unix:///path.",
