@@ -77,7 +77,7 @@ __all__ = [
     "open_backend",
 ]
 
-_SCHEMES = ("sqlite",)
+_SCHEMES = ("sqlite", "redis", "rediss")
 
 
 def open_backend(url: str) -> Backend:
@@ -87,6 +87,9 @@ def open_backend(url: str) -> Backend:
     that follows ``sqlite://`` up to a ``?``: ``sqlite:///var/lib/gridpod/state.db``
     is absolute, ``sqlite://state.db`` relative to the working directory. ``events``
     is how many events the log keeps (1,000,000 by default).
+
+    ``redis://[:password@]host:port/db[?prefix=P&events=N]`` (``rediss://`` for
+    TLS) opens the Redis backend, which needs the ``redis`` extra.
     """
     scheme, separator, _ = url.partition("://")
     if not separator:
@@ -96,6 +99,11 @@ def open_backend(url: str) -> Backend:
         )
     if scheme == "sqlite":
         return SqliteBackend.from_url(url)
+    if scheme in ("redis", "rediss"):
+        # Imported on demand: redis-py is an optional dependency.
+        from agent.backend._redis import RedisBackend  # noqa: PLC0415
+
+        return RedisBackend.from_url(url)
     raise ValueError(
         f"unsupported backend URL scheme {scheme!r} in {url!r}; supported schemes: "
         + ", ".join(f"{s}://" for s in _SCHEMES)

@@ -188,6 +188,10 @@ class Attempt:
 class Backend(abc.ABC):
     """What agents and control planes need from shared state."""
 
+    # Whether events of every session share one sequence, so that one cursor
+    # follows them all (``read_events`` without a session).
+    events_in_one_sequence = False
+
     # -- life of the backend ------------------------------------------------------
 
     async def close(self) -> None:  # noqa: B027 - most backends have nothing to close
@@ -215,8 +219,15 @@ class Backend(abc.ABC):
     # -- blobs --------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def write_blob(self, chunks: AsyncIterable[bytes]) -> BlobRef:
-        """Store the chunks as one blob, never holding it whole."""
+    async def write_blob(
+        self, chunks: AsyncIterable[bytes], *, session_id: str | None = None
+    ) -> BlobRef:
+        """Store the chunks as one blob, never holding it whole.
+
+        ``session_id`` names the session whose task or result will reference the
+        blob, when the caller knows it: a distributed backend stores the blob
+        beside the session's records, so that its transitions reach it.
+        """
 
     @abc.abstractmethod
     def read_blob(self, blob_id: str) -> AsyncIterator[bytes]:
@@ -468,6 +479,11 @@ class Backend(abc.ABC):
     ) -> list[Event]:
         """Events with ``seq`` greater than ``after``, oldest first, at most ``limit``.
 
+        A backend may number each session's events on its own (Redis does): name
+        the session to read them anywhere; ``None`` reads every session's events,
+        where the backend numbers them all in one sequence (SQLite), and raises
+        ``BackendError`` elsewhere.
+
         Every transition stores its events in its own transaction, so they are
         never seen before the change and never lost with it. Raises
         ``EventsExpired`` when events after ``after`` were already dropped by the
@@ -475,9 +491,11 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def last_event(self) -> int:
-        """The ``seq`` of the newest event, 0 when there is none: read from there
-        to see only what happens next."""
+    async def last_event(self, session_id: str | None = None) -> int:
+        """A cursor to read from to see only what happens next: no event (of the
+        session, if named) committed before the call has a greater ``seq``, every
+        one committed after it has; 0 when there is none. ``None`` is only for
+        backends that number all events in one sequence, as ``read_events``."""
 
     @abc.abstractmethod
     def subscribe(self, topics: Topic | None = None) -> Subscription:

@@ -194,7 +194,9 @@ class Subscription(abc.ABC):
 
     Changes are coalesced: one ``wait`` may end for many commits, and a commit made
     between two waits ends the next one at once. A wake-up says only that something
-    of the topics may have changed: read the state again to know what.
+    of the topics may have changed: read the state again to know what. Where
+    wake-ups travel asynchronously (Redis pub/sub), one for a commit made just
+    before the subscription may still reach it.
     """
 
     @abc.abstractmethod

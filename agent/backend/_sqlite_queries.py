@@ -34,6 +34,7 @@ from agent.backend._queries import (
 from gridpod_api import objects_pb2
 
 __all__ = [
+    "EVENT_FIELDS",
     "EVENT_TIME_FUNCTION",
     "EVENT_TRIGGERS",
     "Reader",
@@ -52,7 +53,7 @@ _T = TypeVar("_T")
 EVENT_TIME_FUNCTION = "gridpod_event_at"
 
 _QUEUED = f"NEW.status = {TaskStatus.SUBMITTED:d}"
-# Each event's data is a JSON array, its fields in the order _EVENT_FIELDS decodes.
+# Each event's data is a JSON array, its fields in the order EVENT_FIELDS decodes.
 _NEW_TASK = """json_array(NEW.task_id, NEW.status, NEW.payload_blob,
         json(NEW.expected_outputs), json(NEW.data_dependencies),
         json(NEW.retry_of_ids),
@@ -148,7 +149,7 @@ def _owner_fields(data: list[Any]) -> dict[str, Any]:
     return {"key": key, "previous_owner_task_id": previous, "owner_task_id": owner}
 
 
-_EVENT_FIELDS: dict[EventKind, Callable[[list[Any]], dict[str, Any]]] = {
+EVENT_FIELDS: dict[EventKind, Callable[[list[Any]], dict[str, Any]]] = {
     EventKind.NEW_TASK: _new_task_fields,
     EventKind.TASK_STATUS: lambda d: {"task_id": d[0], "status": TaskStatus(d[1])},
     EventKind.NEW_RESULT: _new_result_fields,
@@ -167,7 +168,7 @@ def _event(row: sqlite3.Row) -> Event:
         session_id=row["session_id"],
         kind=kind,
         at=_timestamp(row["at"]),
-        **_EVENT_FIELDS[kind](json.loads(row["data"])),
+        **EVENT_FIELDS[kind](json.loads(row["data"])),
     )
 
 

@@ -1684,6 +1684,8 @@ class _Thread:
 class SqliteBackend(Backend):
     """The backend kept in one SQLite file; see the module's documentation."""
 
+    events_in_one_sequence = True
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -1834,7 +1836,9 @@ class SqliteBackend(Backend):
 
     # -- blobs --------------------------------------------------------------------
 
-    async def write_blob(self, chunks: AsyncIterable[bytes]) -> BlobRef:
+    async def write_blob(
+        self, chunks: AsyncIterable[bytes], *, session_id: str | None = None
+    ) -> BlobRef:
         # TODO: sweep blobs that nothing ever referenced (a refused stage_result, a
         # writer whose process died mid-blob) once the control plane runs periodic
         # maintenance; until then they stay in the file.
@@ -2034,7 +2038,8 @@ class SqliteBackend(Backend):
             lambda reader: reader.read_events(after, session_id, limit)
         )
 
-    async def last_event(self) -> int:
+    async def last_event(self, session_id: str | None = None) -> int:
+        # One sequence for all sessions: the newest event is a cursor for any.
         return await self._read(Reader.last_event)
 
     def subscribe(self, topics: Topic | None = None) -> Subscription:

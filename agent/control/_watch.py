@@ -198,14 +198,19 @@ class CompletionWait:
     async def _count(self) -> dict[TaskStatus, int] | None:
         # The count is taken between these two reads of the log: an event between
         # them may or may not be in it, which _may_be_over allows for.
-        before = await self._backend.last_event() if self._follows else None
+        if self._follows and self._cursor is None:
+            self._session = await self._single_session()
+            # Without one session to follow, only a log of every session will do.
+            self._follows = (
+                self._session is not None or self._backend.events_in_one_sequence
+            )
+        follows, session_id = self._follows, self._session
+        before = await self._backend.last_event(session_id) if follows else None
         counts = await self._backend.count_tasks(self._query)
         if await self._over(counts):
             return counts
         if before is not None:
-            if self._cursor is None:
-                self._session = await self._single_session()
-            self._counted_up_to = await self._backend.last_event()
+            self._counted_up_to = await self._backend.last_event(session_id)
             self._cursor = before
             self._unfinished = sum(n for s, n in counts.items() if not s.is_final)
         return None
@@ -321,6 +326,11 @@ class ResultWatch:
     several sessions is reported for each. A status is reported only when it moves
     a result forward, so the events that happened before a fetch, and replays after
     a re-fetch, never show a client an older status than it has seen.
+
+    The log is followed from a cursor per session of the watched results (one for
+    all of them on a backend that numbers all events in one sequence). A key that
+    no session has yet is reported NOTFOUND; on a backend that numbers each
+    session's events apart, it is not followed further.
     """
 
     def __init__(self, backend: Backend) -> None:
@@ -328,22 +338,29 @@ class ResultWatch:
         # Key -> the statuses its updates are sent for; empty: every status.
         self._watched: dict[str, frozenset[int]] = {}
         self._known: dict[tuple[str, str], int] = {}
-        self._cursor: int | None = None
+        # Session (None: every session) -> the newest event read of it.
+        self._cursors: dict[str | None, int] = {}
+        self._started = False
 
     @property
     def started(self) -> bool:
-        return self._cursor is not None
+        return self._started
 
     async def add(self, request: _WatchRequest) -> list[_WatchReply]:
         """Watch the request's keys; their current statuses, as the first reply."""
-        if self._cursor is None:
+        if not self._started and self._backend.events_in_one_sequence:
             # Taken before the fetch: what changes after it is read from the log.
-            self._cursor = await self._backend.last_event()
+            self._cursors[None] = await self._backend.last_event()
+        self._started = True
         keys = list(dict.fromkeys(request.result_ids))
         for key in keys:
             self._watched[key] = frozenset(request.watch_statuses)
+        records = await self._fetch(keys)
+        if await self._follow_sessions_of(records):
+            # What changed between the fetch and the new cursors is fetched again.
+            records = await self._fetch(keys)
         statuses: list[tuple[str, int]] = []
-        for record in await self._fetch(keys):
+        for record in records:
             self._observe(record.session_id, record.key, int(record.status))
             statuses.append((record.key, int(record.status)))
         found = {key for key, _ in statuses}
@@ -351,23 +368,41 @@ class ResultWatch:
         wanted = set(request.fetch_statuses)
         return _grouped((k, s) for k, s in statuses if not wanted or s in wanted)
 
+    async def _follow_sessions_of(self, records: Iterable[ResultRecord]) -> bool:
+        """Start following the sessions of ``records`` not followed yet; True if
+        there were any."""
+        if self._backend.events_in_one_sequence:
+            return False
+        new = {r.session_id for r in records if r.session_id not in self._cursors}
+        for session_id in new:
+            self._cursors[session_id] = await self._backend.last_event(session_id)
+        return bool(new)
+
     async def updates(self) -> list[_WatchReply]:
         """What moved forward among the watched results since the last call."""
-        assert self._cursor is not None, "add() starts the watch"
+        assert self._started, "add() starts the watch"
         changes: list[tuple[str, int]] = []
         try:
-            while True:
-                events = await self._backend.read_events(
-                    self._cursor, limit=_EVENTS_PER_READ
-                )
-                changes += self._changes(events)
-                if events:
-                    self._cursor = events[-1].seq
-                if len(events) < _EVENTS_PER_READ:
-                    return _grouped(changes)
+            for session_id in list(self._cursors):
+                changes += await self._read_log(session_id)
         except EventsExpired:
             # Fallen behind the log's retention: the current statuses say it all.
             return _grouped(changes + await self._refetch())
+        return _grouped(changes)
+
+    async def _read_log(self, session_id: str | None) -> list[tuple[str, int]]:
+        changes: list[tuple[str, int]] = []
+        while True:
+            events = await self._backend.read_events(
+                self._cursors[session_id],
+                session_id=session_id,
+                limit=_EVENTS_PER_READ,
+            )
+            changes += self._changes(events)
+            if events:
+                self._cursors[session_id] = events[-1].seq
+            if len(events) < _EVENTS_PER_READ:
+                return changes
 
     def _changes(self, events: Iterable[Event]) -> list[tuple[str, int]]:
         changes = []
@@ -383,7 +418,8 @@ class ResultWatch:
         return [(key, s) for key, s in changes if self._wanted(key, s)]
 
     async def _refetch(self) -> list[tuple[str, int]]:
-        self._cursor = await self._backend.last_event()
+        for session_id in self._cursors:
+            self._cursors[session_id] = await self._backend.last_event(session_id)
         changes = []
         for record in await self._fetch(list(self._watched)):
             status = int(record.status)

@@ -17,18 +17,26 @@ from tests.backend.support import SharedState
 
 
 @contextmanager
-def _sqlite_state(tmp_path: Path) -> Iterator[str]:
+def _sqlite_state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield f"sqlite://{tmp_path / 'state.db'}"
+
+
+@contextmanager
+def _redis_state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield str(request.getfixturevalue("redis_url"))
 
 
 # Each factory makes a fresh, empty state and yields the URL that opens it; another
 # backend joins the suite with one entry here.
-STATE_FACTORIES = [pytest.param(_sqlite_state, id="sqlite")]
+STATE_FACTORIES = [
+    pytest.param(_sqlite_state, id="sqlite"),
+    pytest.param(_redis_state, id="redis"),
+]
 
 
 @pytest.fixture(params=STATE_FACTORIES)
 def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SharedState]:
-    with request.param(tmp_path) as url:
+    with request.param(request, tmp_path) as url:
         yield SharedState(url)
 
 

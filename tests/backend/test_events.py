@@ -88,9 +88,7 @@ class Replay:
             assert (result.owner_task_id, result.status) == replayed_result, key
 
 
-async def events_since(
-    backend: Backend, after: int, session_id: str | None = None
-) -> list[Event]:
+async def events_since(backend: Backend, after: int, session_id: str) -> list[Event]:
     return await backend.read_events(after, session_id=session_id)
 
 
@@ -108,7 +106,7 @@ async def test_a_task_life_is_its_events_in_order(backend: Backend) -> None:
     attempt = await take(backend)
     await finish(backend, attempt)
 
-    events = await events_since(backend, 0)
+    events = await events_since(backend, 0, sid)
 
     tid = task.task_id
     assert [said(e) for e in events] == [
@@ -129,16 +127,16 @@ async def test_a_task_life_is_its_events_in_order(backend: Backend) -> None:
     seqs = [e.seq for e in events]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert all(e.at is not None for e in events)
-    assert await backend.last_event() == seqs[-1]
+    assert await backend.last_event(sid) == seqs[-1]
 
 
 async def test_a_new_task_names_its_data_dependencies(backend: Backend) -> None:
     sid = await session(backend)
     await submit(backend, sid, await new_task(backend, ["a"]))
-    last = await backend.last_event()
+    last = await backend.last_event(sid)
     [waiting] = await submit(backend, sid, await new_task(backend, ["b"], ["a"]))
 
-    created, output = await events_since(backend, last)
+    created, output = await events_since(backend, last, sid)
 
     assert said(created) == (NEW_TASK, waiting.task_id, TaskStatus.CREATING)
     assert created.data_dependencies == ("a",)
@@ -150,11 +148,11 @@ async def test_a_completed_dependency_queues_its_dependent(backend: Backend) -> 
     [first] = await submit(backend, sid, await new_task(backend, ["a"]))
     [second] = await submit(backend, sid, await new_task(backend, ["b"], ["a"]))
     attempt = await take(backend)
-    last = await backend.last_event()
+    last = await backend.last_event(sid)
 
     await finish(backend, attempt)
 
-    assert Counter(said(e) for e in await events_since(backend, last)) == Counter(
+    assert Counter(said(e) for e in await events_since(backend, last, sid)) == Counter(
         [
             (RESULT_STATUS, "a", ResultStatus.COMPLETED),
             (TASK_STATUS, second.task_id, TaskStatus.SUBMITTED),
@@ -170,11 +168,11 @@ async def test_a_retry_is_a_new_task_that_takes_over_the_outputs(
     sid = await session(backend, objects_pb2.TaskOptions(max_retries=1))
     [task] = await submit(backend, sid, await new_task(backend, ["out"]))
     attempt = await take(backend)
-    last = await backend.last_event()
+    last = await backend.last_event(sid)
 
     retry = await backend.fail(attempt, "boom")
 
-    events = await events_since(backend, last)
+    events = await events_since(backend, last, sid)
     assert Counter(said(e) for e in events) == Counter(
         [
             (TASK_STATUS, task.task_id, TaskStatus.ERROR),
@@ -189,10 +187,10 @@ async def test_a_retry_is_a_new_task_that_takes_over_the_outputs(
     assert created.expected_outputs == ("out",)
 
     second = await take(backend)
-    last = await backend.last_event()
+    last = await backend.last_event(sid)
     await backend.fail(second, "boom again")
 
-    assert Counter(said(e) for e in await events_since(backend, last)) == Counter(
+    assert Counter(said(e) for e in await events_since(backend, last, sid)) == Counter(
         [
             (TASK_STATUS, retry.task_id, TaskStatus.ERROR),
             (RESULT_STATUS, "out", ResultStatus.ABORTED),
@@ -209,11 +207,11 @@ async def test_an_aborted_dependency_fails_its_dependents_transitively(
     [second] = await submit(backend, sid, await new_task(backend, ["b"], ["a"]))
     [third] = await submit(backend, sid, await new_task(backend, ["c"], ["b"]))
     attempt = await take(backend)
-    last = await backend.last_event()
+    last = await backend.last_event(sid)
 
     await backend.fail(attempt, "boom")
 
-    assert Counter(said(e) for e in await events_since(backend, last)) == Counter(
+    assert Counter(said(e) for e in await events_since(backend, last, sid)) == Counter(
         [
             (TASK_STATUS, first.task_id, TaskStatus.ERROR),
             (RESULT_STATUS, "a", ResultStatus.ABORTED),
@@ -232,16 +230,16 @@ async def test_a_delegated_output_and_its_subtask_appear_when_the_parent_commits
     sid = await session(backend)
     [parent] = await submit(backend, sid, await new_task(backend, ["out", "own"]))
     attempt = await take(backend)
-    last = await backend.last_event()
+    last = await backend.last_event(sid)
     [sub] = await backend.stage_subtasks(
         attempt, [await new_task(backend, ["out", "sub-own"])]
     )
     assert isinstance(sub, TaskRecord)
-    assert await events_since(backend, last) == []
+    assert await events_since(backend, last, sid) == []
 
     await finish(backend, attempt, {"own": b"value"})
 
-    events = await events_since(backend, last)
+    events = await events_since(backend, last, sid)
     assert Counter(said(e) for e in events) == Counter(
         [
             (NEW_TASK, sub.task_id, TaskStatus.CREATING),
@@ -268,9 +266,9 @@ async def test_a_subtask_cancelled_while_staged_appears_cancelled(
         attempt, [await new_task(backend, ["out", "sub-own"])]
     )
     assert isinstance(sub, TaskRecord)
-    last = await backend.last_event()
+    last = await backend.last_event(sid)
     await backend.cancel_tasks([sub.task_id])
-    assert await events_since(backend, last) == []
+    assert await events_since(backend, last, sid) == []
 
     await finish(backend, attempt, {})
 
@@ -291,7 +289,7 @@ async def test_discarded_subtasks_never_have_events(backend: Backend) -> None:
 
     await backend.fail(attempt, "boom")
 
-    events = await events_since(backend, 0)
+    events = await events_since(backend, 0, sid)
     assert {e.task_id for e in events if e.task_id} == {parent.task_id}
     assert {e.key for e in events if e.key} == {"out"}
 
@@ -303,11 +301,11 @@ async def test_cancellation_aborts_outputs_and_ends_running_tasks_later(
     [running] = await submit(backend, sid, await new_task(backend, ["a"]))
     attempt = await take(backend)
     [queued] = await submit(backend, sid, await new_task(backend, ["b"]))
-    last = await backend.last_event()
+    last = await backend.last_event(sid)
 
     await backend.cancel_tasks([running.task_id, queued.task_id])
 
-    assert Counter(said(e) for e in await events_since(backend, last)) == Counter(
+    assert Counter(said(e) for e in await events_since(backend, last, sid)) == Counter(
         [
             (TASK_STATUS, running.task_id, TaskStatus.CANCELLING),
             (RESULT_STATUS, "a", ResultStatus.ABORTED),
@@ -315,9 +313,9 @@ async def test_cancellation_aborts_outputs_and_ends_running_tasks_later(
             (RESULT_STATUS, "b", ResultStatus.ABORTED),
         ]
     )
-    last = await backend.last_event()
+    last = await backend.last_event(sid)
     await backend.mark_cancelled(attempt)
-    assert [said(e) for e in await events_since(backend, last)] == [
+    assert [said(e) for e in await events_since(backend, last, sid)] == [
         (TASK_STATUS, running.task_id, TaskStatus.CANCELLED)
     ]
     await replayed(backend, sid)
@@ -326,11 +324,11 @@ async def test_cancellation_aborts_outputs_and_ends_running_tasks_later(
 async def test_cancelling_a_session_cancels_its_tasks(backend: Backend) -> None:
     sid = await session(backend)
     [task] = await submit(backend, sid, await new_task(backend, ["a"]))
-    last = await backend.last_event()
+    last = await backend.last_event(sid)
 
     await backend.cancel_session(sid)
 
-    assert Counter(said(e) for e in await events_since(backend, last)) == Counter(
+    assert Counter(said(e) for e in await events_since(backend, last, sid)) == Counter(
         [
             (TASK_STATUS, task.task_id, TaskStatus.CANCELLED),
             (RESULT_STATUS, "a", ResultStatus.ABORTED),
@@ -342,11 +340,11 @@ async def test_a_released_task_is_queued_again(backend: Backend) -> None:
     sid = await session(backend)
     [task] = await submit(backend, sid, await new_task(backend, ["a"]))
     attempt = await take(backend)
-    last = await backend.last_event()
+    last = await backend.last_event(sid)
 
     await backend.release(attempt)
 
-    assert [said(e) for e in await events_since(backend, last)] == [
+    assert [said(e) for e in await events_since(backend, last, sid)] == [
         (TASK_STATUS, task.task_id, TaskStatus.SUBMITTED)
     ]
 
@@ -356,13 +354,13 @@ async def test_a_refused_commit_stores_no_event(backend: Backend) -> None:
     await submit(backend, sid, await new_task(backend, ["a", "b"]))
     attempt = await take(backend)
     await backend.stage_subtasks(attempt, [await new_task(backend, ["sub-out"])])
-    last = await backend.last_event()
+    last = await backend.last_event(sid)
 
     with pytest.raises(MissingOutputs):
         await backend.complete(attempt, {"a": b"only one"})
 
-    assert await backend.last_event() == last
-    assert await events_since(backend, last) == []
+    assert await backend.last_event(sid) == last
+    assert await events_since(backend, last, sid) == []
 
 
 async def test_a_refused_call_among_concurrent_ones_stores_no_event(
@@ -371,7 +369,7 @@ async def test_a_refused_call_among_concurrent_ones_stores_no_event(
     sid = await session(backend)
     await submit(backend, sid, *[await new_task(backend, [f"o{i}"]) for i in range(6)])
     attempts = [await take(backend) for _ in range(6)]
-    last = await backend.last_event()
+    last = await backend.last_event(sid)
 
     # Every other one sends nothing: its commit is refused.
     outcomes = await asyncio.gather(
@@ -388,7 +386,7 @@ async def test_a_refused_call_among_concurrent_ones_stores_no_event(
         if isinstance(outcome, MissingOutputs)
     }
     assert len(refused) == 3
-    named = {e.task_id for e in await events_since(backend, last) if e.task_id}
+    named = {e.task_id for e in await events_since(backend, last, sid) if e.task_id}
     assert named == {a.task.task_id for a in attempts} - refused
 
 
@@ -409,11 +407,11 @@ async def test_events_are_read_a_page_at_a_time(backend: Backend) -> None:
     sid = await session(backend)
     payload = await blob(backend)
     await submit(backend, sid, *[NewTask(payload, [f"o{i}"]) for i in range(5)])
-    everything = await backend.read_events(0)
+    everything = await backend.read_events(0, session_id=sid)
 
     pages: list[Event] = []
     after = 0
-    while page := await backend.read_events(after, limit=3):
+    while page := await backend.read_events(after, session_id=sid, limit=3):
         assert len(page) <= 3
         pages += page
         after = page[-1].seq
@@ -425,19 +423,19 @@ async def test_events_are_read_a_page_at_a_time(backend: Backend) -> None:
 async def test_reading_from_the_last_event_sees_only_what_follows(
     backend: Backend,
 ) -> None:
-    assert await backend.last_event() == 0
-    assert await backend.read_events(0) == []
     sid = await session(backend)
+    assert await backend.last_event(sid) == 0
+    assert await backend.read_events(0, session_id=sid) == []
     await submit(backend, sid, await new_task(backend, ["a"]))
-    last = await backend.last_event()
-    assert await backend.read_events(last) == []
+    last = await backend.last_event(sid)
+    assert await backend.read_events(last, session_id=sid) == []
 
     [task] = await submit(backend, sid, await new_task(backend, ["b"]))
 
-    events = await backend.read_events(last)
+    events = await backend.read_events(last, session_id=sid)
     assert [said(e) for e in events] == [
         (NEW_TASK, task.task_id, TaskStatus.SUBMITTED),
         (NEW_RESULT, "b", task.task_id, ResultStatus.CREATED),
     ]
     assert all(e.seq > last for e in events)
-    assert await backend.last_event() == events[-1].seq
+    assert await backend.last_event(sid) == events[-1].seq

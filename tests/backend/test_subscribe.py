@@ -80,6 +80,9 @@ async def test_refused_work_wakes_nobody(backend: Backend, other: Backend) -> No
     await submit(other, sid, await new_task(other, ["out"]))
     attempt = await take(other)
     with backend.subscribe() as subscription:
+        # Wake-ups of the commits above may still be on their way.
+        while await subscription.wait(NEVER):
+            pass
         with pytest.raises(MissingOutputs):
             await other.complete(attempt)
 

@@ -74,8 +74,10 @@ class ControlPlaneProcess:
         return self.process.wait(timeout=timeout)
 
 
-@pytest.fixture
-def backend_url(tmp_path: Path) -> str:
+@pytest.fixture(params=["sqlite", "redis"])
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_url"))
     return f"sqlite://{tmp_path / 'state.db'}"
 
 

@@ -94,7 +94,7 @@ async def test_a_task_s_whole_life_in_commit_order(
     session_id = await new_session(backend)
     await submit(backend, session_id, ["earlier"])
     await run_to_completion(backend)
-    before = await backend.last_event()
+    before = await backend.last_event(session_id)
     call = await subscribe(control_plane, session_id)
     task = await submit(backend, session_id, ["out"])
     other_session = await new_session(backend)
