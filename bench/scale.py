@@ -66,6 +66,8 @@ class Sample:
     """One run: how many tasks per second, and what the backend was asked."""
 
     rate: float
+    agent_cpu: float
+    redis_cpu: float | None = None
     round_trips: float | None = None
     commands: float | None = None
 
@@ -187,8 +189,11 @@ async def redis_commands(port: int) -> int:
     raise BenchError("INFO stats had no total_commands_processed")
 
 
-async def one_run(folder: Path, url: str, settings: Settings, pods: int) -> Sample:
-    """``settings.tasks`` empty tasks queued, then ``pods`` pods draining them."""
+async def one_run(
+    folder: Path, url: str, settings: Settings, pods: int, redis: Child | None = None
+) -> Sample:
+    """``settings.tasks`` empty tasks queued, then ``pods`` pods draining them;
+    CPU times are per task, in seconds."""
     backend = open_backend(url)
     try:
         session_id = await queue_empty_tasks(backend, settings.tasks)
@@ -196,17 +201,22 @@ async def one_run(folder: Path, url: str, settings: Settings, pods: int) -> Samp
             trips_before = sum(pod.round_trips() for pod in running)
             port = _port(url)
             commands_before = await redis_commands(port) if port else 0
+            agent_cpu = sum(pod.agent.cpu_seconds() for pod in running)
+            redis_cpu = redis.cpu_seconds() if redis else 0.0
             started = time.perf_counter()
             await completed_events(backend, session_id, settings.tasks, running)
             elapsed = time.perf_counter() - started
+            agent_cpu = sum(pod.agent.cpu_seconds() for pod in running) - agent_cpu
+            redis_cpu = (redis.cpu_seconds() - redis_cpu) if redis else 0.0
             trips = sum(pod.round_trips() for pod in running) - trips_before
             commands = (await redis_commands(port) - commands_before) if port else 0
     finally:
         await backend.close()
-    rate = settings.tasks / elapsed
+    tasks = settings.tasks
+    rate, agent_cpu = tasks / elapsed, agent_cpu / tasks
     if not port:
-        return Sample(rate)
-    return Sample(rate, trips / settings.tasks, commands / settings.tasks)
+        return Sample(rate, agent_cpu)
+    return Sample(rate, agent_cpu, redis_cpu / tasks, trips / tasks, commands / tasks)
 
 
 async def queue_empty_tasks(backend: Backend, tasks: int) -> str:
@@ -246,7 +256,7 @@ async def measure(settings: Settings, root: Path) -> dict[str, Sample]:
             progress(f"{settings.tasks} empty tasks, {pods} pod(s), Redis")
             url = f"redis://127.0.0.1:{port}/0?prefix=run{number}"
             samples[str(pods)] = await one_run(
-                root / f"redis-{pods}", url, settings, pods
+                root / f"redis-{pods}", url, settings, pods, redis
             )
     finally:
         await redis.stop()
@@ -260,9 +270,21 @@ def report(settings: Settings, samples: dict[str, Sample]) -> list[str]:
         f"process shares the machine's {os.cpu_count()} cores"
     )
     one = samples[str(settings.pods[0])].rate / settings.pods[0]
-    print(row("backend, pods", ["tasks/s", "scaling", "round trips", "commands"]))
+    print(
+        row(
+            "backend, pods",
+            ["tasks/s", "scaling", "agent CPU", "Redis CPU", "round trips", "commands"],
+            width=13,
+        )
+    )
     embedded = samples[EMBEDDED]
-    print(row("embedded, 1", [f"{embedded.rate:,.0f}"]))
+    print(
+        row(
+            "embedded, 1",
+            [f"{embedded.rate:,.0f}", "", _ms(embedded.agent_cpu)],
+            width=13,
+        )
+    )
     for pods in settings.pods:
         sample = samples[str(pods)]
         print(
@@ -271,13 +293,21 @@ def report(settings: Settings, samples: dict[str, Sample]) -> list[str]:
                 [
                     f"{sample.rate:,.0f}",
                     f"{sample.rate / (pods * one):.2f}",
-                    f"{sample.round_trips or 0:.2f}/task",
-                    f"{sample.commands or 0:.2f}/task",
+                    _ms(sample.agent_cpu),
+                    _ms(sample.redis_cpu or 0.0),
+                    f"{sample.round_trips or 0:.2f}",
+                    f"{sample.commands or 0:.1f}",
                 ],
+                width=13,
             )
         )
     ratio = samples[str(settings.pods[0])].rate / embedded.rate
-    print(row("redis 1 pod / embedded", [f"{ratio:.2f}"]))
+    print(row("redis 1 pod / embedded", [f"{ratio:.2f}"], width=13))
+    print(
+        "  (CPU per task, all agents together; round trips: requests each agent "
+        "waited for, per task; commands: what Redis ran per task, those inside its "
+        "functions included)"
+    )
     missed = []
     if settings.pods[0] == 1 and ratio < TARGET_RATIO:
         missed.append(
@@ -290,6 +320,10 @@ def report(settings: Settings, samples: dict[str, Sample]) -> list[str]:
             f"{worst:.2f} Redis round trips per task (target {TARGET_ROUND_TRIPS})"
         )
     return missed
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:

@@ -41,7 +41,7 @@ class _Subscription(Subscription):
         return True
 
     async def _changed(self) -> None:
-        await self._hub.ready()
+        await self._hub.ready(self.topics)
         await self.changed.wait()
 
     def close(self) -> None:
@@ -49,35 +49,60 @@ class _Subscription(Subscription):
 
 
 class Hub:
-    """The subscriptions of one backend instance, and the listener serving them."""
+    """The subscriptions of one backend instance, and the listener serving them.
+
+    The listener subscribes to a topic's channel only once a subscription wants
+    it: an agent, which waits for queued tasks only, is not woken by every change
+    of the grid. Until Redis confirms a channel, a change published on it may pass
+    unseen; so once it confirms, the subscriptions made before are woken.
+    """
 
     def __init__(self, client: Redis, keys: Keys) -> None:
         self._client = client
-        self._channels = {keys.wake(int(topic)).encode(): topic for topic in _TOPICS}
+        self._channels = {topic: keys.wake(int(topic)).encode() for topic in _TOPICS}
+        self._topics = {channel: topic for topic, channel in self._channels.items()}
         self._subscriptions: set[_Subscription] = set()
+        # Topics asked for, and those Redis confirmed on the current connection.
+        self._wanted: set[Topic] = set()
+        self._confirmed: dict[Topic, asyncio.Event] = {
+            topic: asyncio.Event() for topic in _TOPICS
+        }
+        self._pubsub: PubSub | None = None
+        self._adding: set[asyncio.Future[None]] = set()
         self._listening: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
         self._closing = False
 
-    def start(self) -> None:
+    def start(self, topics: Topic = Topic.QUEUE) -> None:
         """Listen from now on, so that a subscription made later counts wake-ups
         from the moment it is made, not from when a connection is set up for it."""
+        new = [t for t in _TOPICS if t & topics and t not in self._wanted]
+        self._wanted.update(new)
         if self._listening is None or self._listening.done():
             self._listening = asyncio.ensure_future(self._listen())
+        elif new and self._pubsub is not None:
+            channels = [self._channels[t] for t in new]
+            adding = asyncio.ensure_future(self._add(self._pubsub, channels))
+            self._adding.add(adding)
+            adding.add_done_callback(self._adding.discard)
+
+    async def _add(self, pubsub: PubSub, channels: list[bytes]) -> None:
+        with contextlib.suppress(Exception):  # a broken connection resubscribes all
+            await pubsub.subscribe(*channels)
 
     def subscribe(self, topics: Topic) -> Subscription:
         subscription = _Subscription(self, topics)
         self._subscriptions.add(subscription)
-        self.start()
+        self.start(topics)
         return subscription
 
     def forget(self, subscription: _Subscription) -> None:
         self._subscriptions.discard(subscription)
 
-    async def ready(self) -> None:
-        """Wait until the listener has subscribed (tests need wake-ups to count
-        from the moment they subscribe)."""
-        await self._subscribed.wait()
+    async def ready(self, topics: Topic) -> None:
+        """Wait until Redis confirmed the channels of ``topics``."""
+        for topic in _TOPICS:
+            if topic & topics:
+                await self._confirmed[topic].wait()
 
     async def close(self) -> None:
         # redis-py may absorb a cancellation while it reads: the flag ends the loop.
@@ -93,33 +118,35 @@ class Hub:
                 subscription.changed.set()
 
     async def _listen(self) -> None:
-        broken = False
         while not self._closing:
             pubsub = self._client.pubsub()
             try:
-                await pubsub.subscribe(*self._channels)
-                self._subscribed.set()
-                if broken:
-                    # What happened while nobody listened is unknown: wake everyone.
-                    self._wake(Topic.ANY)
+                await pubsub.subscribe(*(self._channels[t] for t in self._wanted))
+                self._pubsub = pubsub
                 await self._relay(pubsub)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # the connection broke: listen again
                 logger.warning("listening for wake-ups failed: %s", err)
-                broken = True
                 await asyncio.sleep(_RECONNECT_DELAY)
             finally:
+                self._pubsub = None
+                for confirmed in self._confirmed.values():
+                    confirmed.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _relay(self, pubsub: PubSub) -> None:
         while not self._closing:
-            message = await pubsub.get_message(
-                ignore_subscribe_messages=True, timeout=0.5
-            )
+            message = await pubsub.get_message(timeout=0.5)
             if message is None:
                 continue
-            topic = self._channels.get(message["channel"])
-            if topic is not None:
+            topic = self._topics.get(message["channel"])
+            if topic is None:
+                continue
+            if message["type"] == "subscribe":
+                # What was published before this went unseen: wake those waiting.
+                self._confirmed[topic].set()
+                self._wake(topic)
+            elif message["type"] == "message":
                 self._wake(topic)
