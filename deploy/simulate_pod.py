@@ -4,8 +4,9 @@ and put a few tasks through it: ``scripts/simulate-pod [--tasks N] [--points M]`
 Each container runs what its image would: the Dockerfile's ENTRYPOINT and CMD,
 replaced by the container's command and args, with the image's ENV and the
 container's env. A temporary folder stands in for each emptyDir volume, the files
-an image copies to /opt/gridpod are read from the repository, a SQLite file
-stands in for Redis, and each container port gets a free local one. The pods are
+an image copies to /opt/gridpod are read from the repository, Redis runs with its
+manifest's arguments (a SQLite file stands in where redis-server is not
+installed), and each container port gets a free local one. The pods are
 ready when their probes pass, and they stop as Kubernetes stops a pod: each
 container gets SIGTERM once its pre-stop hook, if any, has returned, and must exit
 0 within terminationGracePeriodSeconds.
@@ -24,6 +25,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -648,7 +650,38 @@ class Simulation:
     pods: list[Pod] = field(default_factory=list)
 
     def run(self) -> None:
-        backend = f"sqlite://{self.folder}/state.db"
+        with self._backend() as backend:
+            self._run(backend)
+
+    @contextlib.contextmanager
+    def _backend(self) -> Iterator[str]:
+        """Redis as its manifest runs it, on a free port, where redis-server is
+        installed; a SQLite file otherwise, which one pod can share as well."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            print("no redis-server here: the pods share a SQLite file instead")
+            yield f"sqlite://{self.folder}/state.db"
+            return
+        container = kubernetes_object("Deployment", "redis")["spec"]["template"][
+            "spec"
+        ]["containers"][0]
+        data = self.folder / "redis-data"
+        data.mkdir()
+        args = [str(data) if arg == "/data" else str(arg) for arg in container["args"]]
+        port = _free_port()
+        command = [binary, *args, "--port", str(port), "--bind", "127.0.0.1"]
+        log = (self.folder / "redis.log").open("wb")
+        redis = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_port(port, redis)
+            print(f"redis: {' '.join(command[1:])}")
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            redis.terminate()
+            redis.wait(10)
+            log.close()
+
+    def _run(self, backend: str) -> None:
         control = Pod(
             kubernetes_object("Deployment", "control-plane"), self.folder, backend
         )
@@ -683,6 +716,20 @@ class Simulation:
     def kill(self) -> None:
         for pod in self.pods:
             pod.kill()
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SimulationError(f"redis-server exited {process.returncode}")
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.2),
+        ):
+            return
+        time.sleep(_READY_POLL)
+    raise SimulationError(f"redis-server did not listen on {port} within 10s")
 
 
 def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
