@@ -36,6 +36,7 @@ from agent.backend import (
     Topic,
 )
 from gridpod_api import worker_common_pb2
+from worker_sdk._server import DRAINING_DETAILS
 
 __all__ = ["TaskLoop"]
 
@@ -462,6 +463,11 @@ class TaskLoop:
             )
 
     async def _worker_error(self, held: _Held, error: grpc.aio.AioRpcError) -> None:
+        if _turned_away(error):
+            # Nothing of the task ran: it goes back to the queue at no retry's cost.
+            await self._release(held)
+            self._worker_failed()
+            return
         if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
             timeout = held.attempt.task.options.max_duration.ToTimedelta()
             message = f"the task exceeded its max_duration of {timeout}"
@@ -550,3 +556,11 @@ class TaskLoop:
                 attempt, status=status.name, duration_ms=round(duration * 1000, 3)
             ),
         )
+
+
+def _turned_away(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a draining worker refused the task before running any of it."""
+    return (
+        error.code() == grpc.StatusCode.UNAVAILABLE
+        and error.details() == DRAINING_DETAILS
+    )

@@ -3,13 +3,16 @@
 Requests carry the running attempt's communication token. A token that names no
 running attempt, a key the task does not own and a key with no data are answered with
 the in-band error field of the reply, as ArmoniK's agent does, and store nothing. A
-stream that breaks the message grammar gets INVALID_ARGUMENT and stores nothing.
+stream that breaks the message grammar gets INVALID_ARGUMENT, one past the agent's
+limits RESOURCE_EXHAUSTED, and neither stores anything.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
@@ -21,6 +24,7 @@ from agent.backend import (
     Attempt,
     Backend,
     BackendError,
+    BlobRef,
     NewTask,
     NotCompleted,
     NotFound,
@@ -29,6 +33,8 @@ from agent.backend import (
 )
 from gridpod_api import agent_common_pb2, agent_service_pb2_grpc, objects_pb2
 from worker_sdk._data import iter_chunks
+
+__all__ = ["AgentLimits", "AgentService"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +47,43 @@ _UNKNOWN_TOKEN = "the communication token names no running task"
 _HELD_RESULT_MAX = 1024 * 1024
 
 
-class _GrammarError(Exception):
+@dataclass(frozen=True, kw_only=True)
+class AgentLimits:
+    """Bounds on what one call of the worker may make the agent store, each refused
+    with RESOURCE_EXHAUSTED naming it and its value."""
+
+    # Bytes of one subtask's payload, and of one result's data.
+    max_payload_size: int = 1 << 30
+    max_result_size: int = 1 << 30
+    # Subtasks of one CreateTask stream, and the keys of one subtask.
+    max_tasks_per_request: int = 10_000
+    max_data_dependencies: int = 10_000
+    max_expected_outputs: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value < 1:
+                raise ValueError(f"{name} must be positive, not {value}")
+
+
+class _Refused(Exception):
+    """A stream answered with a status, rather than with its reply's error."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class _GrammarError(_Refused):
     """A stream broke the grammar of its RPC."""
 
 
 class _StreamEnded(_GrammarError):
     """The stream ended where more messages were due."""
+
+
+class _LimitExceeded(_Refused):
+    """A stream went past one of the agent's limits."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class _Stream:
@@ -74,9 +111,9 @@ class _Stream:
         return message
 
 
-async def _abort(context: _Context, error: _GrammarError) -> NoReturn:
+async def _abort(context: _Context, error: _Refused) -> NoReturn:
     logger.warning("refused a stream: %s", error)
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    await context.abort(error.code, str(error))
     raise AssertionError("unreachable: abort raises")
 
 
@@ -102,13 +139,48 @@ async def _chunks(stream: _Stream, field: str, what: str) -> AsyncIterator[bytes
             raise _GrammarError(f"a {stream.rpc} {field} message holds no data")
 
 
+async def _bounded(
+    chunks: AsyncIterator[bytes], limit: int, name: str, what: str
+) -> AsyncIterator[bytes]:
+    """The chunks, refused once they add up to more than ``limit`` bytes: a blob
+    being written from them is then dropped."""
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise _LimitExceeded(f"{what} is larger than {name} ({limit} bytes)")
+        yield chunk
+
+
+def _options_error(options: objects_pb2.TaskOptions) -> str | None:
+    """Why the subtasks' options cannot be used, if they cannot."""
+    if options.max_retries < 0:
+        return f"task_options.max_retries must not be negative: {options.max_retries}"
+    if not options.HasField("max_duration"):
+        return None
+    duration = options.max_duration
+    try:
+        # The agent that runs a subtask reads it as a timedelta.
+        duration.ToTimedelta()
+    except OverflowError:
+        return f"task_options.max_duration of {duration.seconds} seconds is too long"
+    if duration.seconds < 0 or duration.nanos < 0:
+        return "task_options.max_duration must not be negative"
+    return None
+
+
 class AgentService(agent_service_pb2_grpc.AgentServicer):
     def __init__(
-        self, backend: Backend, registry: AttemptRegistry, chunk_size: int
+        self,
+        backend: Backend,
+        registry: AttemptRegistry,
+        chunk_size: int,
+        limits: AgentLimits | None = None,
     ) -> None:
         self._backend = backend
         self._registry = registry
         self._chunk_size = chunk_size
+        self._limits = limits or AgentLimits()
 
     # -- SendResult ---------------------------------------------------------------
 
@@ -124,7 +196,7 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
             if running is None:
                 return self._result_error(first.communication_token, _UNKNOWN_TOKEN)
             received = await self._receive_results(stream, first, running)
-        except _GrammarError as error:
+        except _Refused as error:
             await _abort(context, error)
         token = running.attempt.token
         if isinstance(received, str):
@@ -149,6 +221,8 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
             if _kind(message) != "init":
                 got = _kind(message) or "an empty message"
                 raise _GrammarError(f"SendResult expected init, got {got}")
+            if _kind(message.init) == "last_result" and not message.init.last_result:
+                raise _GrammarError("SendResult got init.last_result=false")
             if _kind(message.init) != "key":
                 return received  # init.last_result, or an empty init ending it
             key = message.init.key
@@ -156,7 +230,12 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
                 return (
                     f"task {running.attempt.task.task_id} does not own result {key!r}"
                 )
-            chunks = _chunks(stream, "data", f"data of result {key!r}")
+            chunks = _bounded(
+                _chunks(stream, "data", f"data of result {key!r}"),
+                self._limits.max_result_size,
+                "max_result_size",
+                f"result {key!r}",
+            )
             try:
                 size = await self._keep_result(running, key, chunks)
             except BackendError as error:
@@ -177,10 +256,11 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
             held.append(chunk)
             size += len(chunk)
             if size > _HELD_RESULT_MAX:
-                running.results.pop(key, None)
                 blob = await self._backend.stage_result_data(
                     running.attempt, key, chained(held, chunks)
                 )
+                # Only now: a result refused midway leaves the value held before.
+                running.results.pop(key, None)
                 return blob.size
         running.results[key] = b"".join(held)
         return size
@@ -204,42 +284,75 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
         context: _Context,
     ) -> agent_common_pb2.CreateTaskReply:
         stream = _Stream(request_iterator, "CreateTask")
+        # The payloads written for the stream's tasks: those that no created task
+        # took are deleted before the reply goes out, whatever the outcome.
+        written: list[BlobRef] = []
         try:
-            first = await stream.next("init_request")
-            if _kind(first) != "init_request":
-                raise _GrammarError(
-                    f"CreateTask expected init_request first, got {_kind(first)}"
-                )
-            running = self._registry.get(first.communication_token)
-            if running is None:
-                return self._creation_error(first.communication_token, _UNKNOWN_TOKEN)
-            tasks = await self._receive_tasks(stream)
-        except _GrammarError as error:
+            reply, taken = await self._create_tasks(stream, written)
+        except _Refused as error:
+            await self._discard(written)
             await _abort(context, error)
-        except BackendError as error:
-            return self._creation_error(first.communication_token, str(error))
-        attempt = running.attempt
+        except BaseException:
+            await self._discard(written)
+            raise
+        await self._discard(blob for blob in written if blob.blob_id not in taken)
+        return reply
+
+    async def _create_tasks(
+        self, stream: _Stream, written: list[BlobRef]
+    ) -> tuple[agent_common_pb2.CreateTaskReply, set[str]]:
+        """The reply, and the payload blobs of the tasks created."""
+        first = await stream.next("init_request")
+        if _kind(first) != "init_request":
+            raise _GrammarError(
+                f"CreateTask expected init_request first, got {_kind(first)}"
+            )
+        token = first.communication_token
+        running = self._registry.get(token)
+        if running is None:
+            return self._creation_error(token, _UNKNOWN_TOKEN), set()
         options = first.init_request.task_options
+        refusal = _options_error(options)
+        if refusal is not None:
+            return self._creation_error(token, refusal), set()
         try:
+            tasks = await self._receive_tasks(
+                stream, written, running.attempt.task.session_id
+            )
             # The backend refuses to delegate an output already sent: it must see
             # the results held here before it decides.
             await self._stage_held_results(running)
-            created = await self._backend.stage_subtasks(attempt, tasks, options)
+            created = await self._backend.stage_subtasks(
+                running.attempt, tasks, options
+            )
         except BackendError as error:
-            return self._creation_error(attempt.token, str(error))
+            return self._creation_error(token, str(error)), set()
+        own_outputs = set(running.attempt.task.expected_outputs)
+        taken = set()
         for task in created:
             if isinstance(task, TaskRecord):
-                running.delegated.update(
-                    set(task.expected_outputs) & set(attempt.task.expected_outputs)
-                )
-        return self._creation_reply(attempt.token, created)
+                running.delegated.update(set(task.expected_outputs) & own_outputs)
+                taken.add(task.payload.blob_id)
+        return self._creation_reply(token, created), taken
+
+    async def _discard(self, payloads: Iterable[BlobRef]) -> None:
+        unused = [payload.blob_id for payload in payloads]
+        if not unused:
+            return
+        try:
+            await asyncio.shield(self._backend.discard_blobs(unused))
+        except BackendError:
+            logger.warning("cannot delete %d unused payloads", len(unused))
 
     async def _stage_held_results(self, running: Running) -> None:
         for key, data in list(running.results.items()):
             await self._backend.stage_result_data(running.attempt, key, single(data))
             del running.results[key]
 
-    async def _receive_tasks(self, stream: _Stream) -> list[NewTask]:
+    async def _receive_tasks(
+        self, stream: _Stream, written: list[BlobRef], session_id: str
+    ) -> list[NewTask]:
+        limits = self._limits
         tasks: list[NewTask] = []
         while True:
             message = await stream.next("init_task")
@@ -248,15 +361,29 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
                     f"CreateTask expected init_task, got {_kind(message)}"
                 )
             if _kind(message.init_task) != "header":
+                if not message.init_task.last_task:
+                    got = "last_task=false" if _kind(message.init_task) else "nothing"
+                    raise _GrammarError(
+                        f"CreateTask expected init_task.header or last_task, got {got}"
+                    )
                 if not tasks:
                     raise _GrammarError(
                         "CreateTask ended with last_task before any task"
                     )
                 return tasks
             header = message.init_task.header
-            blob = await self._backend.write_blob(
-                _chunks(stream, "task_payload", "task_payload")
+            index = len(tasks)
+            self._check_task(
+                index, header.expected_output_keys, header.data_dependencies
             )
+            payload = _bounded(
+                _chunks(stream, "task_payload", "task_payload"),
+                limits.max_payload_size,
+                "max_payload_size",
+                f"the payload of task {index}",
+            )
+            blob = await self._backend.write_blob(payload, session_id=session_id)
+            written.append(blob)
             _metrics.BYTES_FROM_WORKER.inc(blob.size)
             tasks.append(
                 NewTask(
@@ -264,6 +391,26 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
                     expected_outputs=tuple(header.expected_output_keys),
                     data_dependencies=tuple(header.data_dependencies),
                 )
+            )
+
+    def _check_task(
+        self, index: int, outputs: Sequence[str], dependencies: Sequence[str]
+    ) -> None:
+        limits = self._limits
+        if index >= limits.max_tasks_per_request:
+            raise _LimitExceeded(
+                "CreateTask holds more than max_tasks_per_request "
+                f"({limits.max_tasks_per_request}) tasks"
+            )
+        if len(outputs) > limits.max_expected_outputs:
+            raise _LimitExceeded(
+                f"task {index} has {len(outputs)} expected outputs, more than "
+                f"max_expected_outputs ({limits.max_expected_outputs})"
+            )
+        if len(dependencies) > limits.max_data_dependencies:
+            raise _LimitExceeded(
+                f"task {index} has {len(dependencies)} data dependencies, more than "
+                f"max_data_dependencies ({limits.max_data_dependencies})"
             )
 
     @staticmethod

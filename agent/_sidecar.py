@@ -11,12 +11,12 @@ from agent._config import AgentConfig
 from agent._http import HealthServer
 from agent._loop import TaskLoop
 from agent._registry import AttemptRegistry
-from agent._service import AgentService
+from agent._service import AgentLimits, AgentService
 from agent._worker import WorkerLink
 from agent.backend import Backend
 from gridpod_api import agent_service_pb2_grpc
 from worker_sdk._agent import CHANNEL_OPTIONS
-from worker_sdk._listen import listen
+from worker_sdk._listen import listen, new_server
 
 __all__ = ["Sidecar"]
 
@@ -26,9 +26,15 @@ logger = logging.getLogger(__name__)
 class Sidecar:
     """One agent: serves its worker until ``drain()``, then releases what it holds."""
 
-    def __init__(self, config: AgentConfig, backend: Backend) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        backend: Backend,
+        limits: AgentLimits | None = None,
+    ) -> None:
         self.config = config
         self.backend = backend
+        self.limits = limits or AgentLimits()
         self._registry = AttemptRegistry()
         self._worker = WorkerLink(
             config.worker_address, backend, config.data_chunk_max_size
@@ -41,9 +47,9 @@ class Sidecar:
         return self.loop.ready
 
     async def _start_agent_service(self) -> None:
-        server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        server = new_server(CHANNEL_OPTIONS)
         service = AgentService(
-            self.backend, self._registry, self.config.data_chunk_max_size
+            self.backend, self._registry, self.config.data_chunk_max_size, self.limits
         )
         agent_service_pb2_grpc.add_AgentServicer_to_server(service, server)
         address = self.config.listen_address

@@ -9,11 +9,11 @@ import asyncio
 import dataclasses
 import signal
 import sys
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import timedelta
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import click
 
@@ -21,6 +21,7 @@ from agent._client_cli import result, submit, tasks, wait
 from agent._config import AgentConfig
 from agent._errors import AgentError
 from agent._local_cli import local
+from agent._service import AgentLimits
 from agent._sidecar import Sidecar
 from agent.backend import Backend, NotFound, open_backend
 from agent.control import ControlPlane, ControlPlaneConfig
@@ -36,7 +37,9 @@ from worker_sdk._runtime import (
 from worker_sdk._runtime import run as run_loop
 
 _CHUNK = 1024 * 1024
+_F = TypeVar("_F", bound=Callable[..., Any])
 
+_AGENT_LIMITS = AgentLimits()
 _CONTROL_PLANE_DEFAULTS = ControlPlaneConfig()
 # Calls still running when the control plane is told to stop get this long; a
 # client's health watch never ends by itself, so this is also how long it delays.
@@ -63,6 +66,53 @@ _backend_option = click.option(
     required=True,
     help="Shared state, e.g. sqlite:///var/lib/gridpod/state.db.",
 )
+
+
+def _limit_option(flag: str, default: int, what: str) -> Callable[[_F], _F]:
+    return click.option(
+        flag,
+        type=click.IntRange(1),
+        default=default,
+        show_default=True,
+        help=f"Refuse {what} with RESOURCE_EXHAUSTED.",
+    )
+
+
+def _task_limit_options(
+    defaults: AgentLimits | ControlPlaneConfig,
+) -> Callable[[_F], _F]:
+    """The limits the agent and the control plane share, on the tasks created."""
+
+    def add(command: _F) -> _F:
+        # Applied last to first, so that --help lists them in this order.
+        for option in reversed(
+            (
+                _limit_option(
+                    "--max-payload-size",
+                    defaults.max_payload_size,
+                    "a task payload larger than this many bytes",
+                ),
+                _limit_option(
+                    "--max-tasks-per-request",
+                    defaults.max_tasks_per_request,
+                    "a request creating more tasks than this",
+                ),
+                _limit_option(
+                    "--max-data-dependencies",
+                    defaults.max_data_dependencies,
+                    "a task with more data dependencies than this",
+                ),
+                _limit_option(
+                    "--max-expected-outputs",
+                    defaults.max_expected_outputs,
+                    "a task with more expected outputs than this",
+                ),
+            )
+        ):
+            command = option(command)
+        return command
+
+    return add
 
 
 @main.command()
@@ -110,6 +160,12 @@ _backend_option = click.option(
 @click.option(
     "--agent-id", help="Name of this agent in task records (default: host-pid)."
 )
+@_task_limit_options(_AGENT_LIMITS)
+@_limit_option(
+    "--max-result-size",
+    _AGENT_LIMITS.max_result_size,
+    "a result larger than this many bytes",
+)
 @log_format_option
 @log_level_option(at_info="At info, one line per task transition.")
 def run(
@@ -126,6 +182,11 @@ def run(
     grace_period: float,
     chunk_size: int,
     agent_id: str | None,
+    max_payload_size: int,
+    max_tasks_per_request: int,
+    max_data_dependencies: int,
+    max_expected_outputs: int,
+    max_result_size: int,
     log_format: str,
     log_level: str,
 ) -> None:
@@ -153,16 +214,23 @@ def run(
     )
     if agent_id:
         config = dataclasses.replace(config, agent_id=agent_id)
+    limits = AgentLimits(
+        max_payload_size=max_payload_size,
+        max_result_size=max_result_size,
+        max_tasks_per_request=max_tasks_per_request,
+        max_data_dependencies=max_data_dependencies,
+        max_expected_outputs=max_expected_outputs,
+    )
     # Fail fast on a bad URL or an unreadable state file, before the loop starts.
     asyncio.run(_open(backend_url).close())
     try:
-        run_loop(_serve(config))
+        run_loop(_serve(config, limits))
     except (AgentError, WorkerSdkError) as error:
         raise click.ClickException(str(error)) from error
 
 
-async def _serve(config: AgentConfig) -> None:
-    sidecar = Sidecar(config, open_backend(config.backend_url))
+async def _serve(config: AgentConfig, limits: AgentLimits) -> None:
+    sidecar = Sidecar(config, open_backend(config.backend_url), limits)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, sidecar.drain)
@@ -187,16 +255,38 @@ async def _serve(config: AgentConfig) -> None:
     show_default=True,
     help="Chunk size of result data streamed to clients.",
 )
+@_task_limit_options(_CONTROL_PLANE_DEFAULTS)
+@_limit_option(
+    "--max-streams-per-client",
+    _CONTROL_PLANE_DEFAULTS.max_streams_per_client,
+    "a stream past this many open at once from one client address",
+)
 @log_format_option
 @log_level_option(at_info="At info, one line per session cancelled and refused call.")
 def control_plane(
-    backend_url: str, listen: str, chunk_size: int, log_format: str, log_level: str
+    backend_url: str,
+    listen: str,
+    chunk_size: int,
+    max_payload_size: int,
+    max_tasks_per_request: int,
+    max_data_dependencies: int,
+    max_expected_outputs: int,
+    max_streams_per_client: int,
+    log_format: str,
+    log_level: str,
 ) -> None:
     """Serve ArmoniK's client API (Submitter, Sessions, Tasks, Results, Events...)
     from BACKEND until SIGTERM or SIGINT."""
     configure_logging(log_format, log_level.upper())
     address = address_parameter(listen, None, "--listen")
-    config = ControlPlaneConfig(data_chunk_max_size=chunk_size)
+    config = ControlPlaneConfig(
+        data_chunk_max_size=chunk_size,
+        max_payload_size=max_payload_size,
+        max_tasks_per_request=max_tasks_per_request,
+        max_data_dependencies=max_data_dependencies,
+        max_expected_outputs=max_expected_outputs,
+        max_streams_per_client=max_streams_per_client,
+    )
     # Fail fast on a bad URL or an unreadable state file, before the loop starts.
     asyncio.run(_open(backend_url).close())
     try:

@@ -1,18 +1,45 @@
-"""Starting a grpc.aio server on an address, with owner-only unix sockets."""
+"""Starting a grpc.aio server: owner-only unix sockets, and INVALID_ARGUMENT for a
+request message whose bytes do not parse."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import stat
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from worker_sdk._address import Address
 from worker_sdk._errors import WorkerSdkError
 
-__all__ = ["listen", "prepare_socket_path"]
+__all__ = ["listen", "new_server", "prepare_socket_path"]
+
+_Context = grpc.aio.ServicerContext[Any, Any]
+if TYPE_CHECKING:
+    _Handler = grpc.RpcMethodHandler[Any, Any]
+_Behavior = Callable[..., Any]
+
+# The kinds of method handler, by whether requests and responses stream.
+_FACTORIES = {
+    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+
+def new_server(options: Sequence[tuple[str, Any]]) -> grpc.aio.Server:
+    """A grpc.aio server whose services never see a request that does not parse.
+
+    gRPC would answer one with UNKNOWN, as if the server had failed; the caller
+    gets INVALID_ARGUMENT instead, naming the method.
+    """
+    return grpc.aio.server(options=options, interceptors=[_RefuseUnparsable()])
 
 
 async def listen(server: grpc.aio.Server, address: Address) -> int:
@@ -55,3 +82,114 @@ def _socket_accepts(path: str) -> bool:
         except OSError:
             return False
     return True
+
+
+# -- requests that do not parse ----------------------------------------------------
+
+
+class _Unparsable:
+    """Stands for a request message whose bytes do not parse."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = error
+
+
+class _UnparsableRequest(Exception):
+    """Raised where the service reads a request that does not parse.
+
+    Not answered at once: the service's own clean-up (deleting what it stored for
+    the stream) runs as this goes through it, and only then is the status sent.
+    """
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse_or_mark(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as error:
+            return _Unparsable(error)
+
+    return parse_or_mark
+
+
+def _parsed(request: Any) -> Any:
+    if isinstance(request, _Unparsable):
+        raise _UnparsableRequest(str(request.error))
+    return request
+
+
+async def _parsed_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _parsed(request)
+
+
+async def _refuse(
+    context: _Context, method: str, error: _UnparsableRequest
+) -> NoReturn:
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"a request message of {method} does not parse: {error}",
+    )
+    raise AssertionError("unreachable: abort raises")
+
+
+def _guarded(behavior: _Behavior, method: str, streaming_requests: bool) -> _Behavior:
+    """``behavior`` refusing a request that does not parse, and of the same kind:
+    gRPC tells a coroutine from an async generator by the function itself."""
+    read = _parsed_stream if streaming_requests else _parsed
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def replies(request: Any, context: _Context) -> AsyncIterator[Any]:
+            try:
+                async for reply in behavior(read(request), context):
+                    yield reply
+            except _UnparsableRequest as error:
+                await _refuse(context, method, error)
+
+        return replies
+
+    async def reply(request: Any, context: _Context) -> Any:
+        try:
+            return await behavior(read(request), context)
+        except _UnparsableRequest as error:
+            await _refuse(context, method, error)
+
+    return reply
+
+
+class _RefuseUnparsable(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        # Method -> its handler and the guarded one, built once per method.
+        self._built: dict[str, tuple[_Handler, _Handler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        method = handler_call_details.method
+        built = self._built.get(method)
+        if built is None or built[0] is not handler:
+            built = (handler, _guard(handler, method))
+            self._built[method] = built
+        return built[1]
+
+
+def _guard(handler: _Handler, method: str) -> _Handler:
+    """The handler, answering a request that does not parse with INVALID_ARGUMENT."""
+    streaming = (handler.request_streaming, handler.response_streaming)
+    kind, factory = _FACTORIES[streaming]
+    behavior = getattr(handler, kind)
+    if not (
+        inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
+    ):
+        return handler  # a plain function runs on gRPC's thread pool: left alone
+    return factory(
+        _guarded(behavior, method, handler.request_streaming),
+        request_deserializer=_lenient(handler.request_deserializer),  # type: ignore[arg-type]
+        response_serializer=handler.response_serializer,
+    )

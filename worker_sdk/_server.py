@@ -19,7 +19,7 @@ from worker_sdk._agent import CHANNEL_OPTIONS, AgentClient, AgentPort
 from worker_sdk._data import DEFAULT_CHUNK_SIZE, DEFAULT_SPILL_THRESHOLD
 from worker_sdk._errors import ProtocolError
 from worker_sdk._handler import TaskHandler
-from worker_sdk._listen import listen
+from worker_sdk._listen import listen, new_server
 from worker_sdk._process import read_task
 from worker_sdk._runner import Outcome, Runner
 
@@ -30,6 +30,10 @@ _Context = grpc.aio.ServicerContext[Any, Any]
 
 # How long a finished task waits for the agent to close its Process stream.
 _HALF_CLOSE_WAIT = 10.0
+# The details of the UNAVAILABLE with which a draining worker turns a task away
+# before running anything of it: an agent of ours releases the task, which then
+# costs no retry.
+DRAINING_DETAILS = "the worker is draining"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,7 +113,7 @@ class WorkerServer(worker_service_pb2_grpc.WorkerServicer):
     async def start(self) -> None:
         """Run the handler's on_start hook, then bind and start accepting tasks."""
         await self._runner.call_hook(self._runner.handler.on_start)
-        server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        server = new_server(CHANNEL_OPTIONS)
         worker_service_pb2_grpc.add_WorkerServicer_to_server(self, server)
         address = self.config.address
         self.port = await listen(server, address)
@@ -160,7 +164,7 @@ class WorkerServer(worker_service_pb2_grpc.WorkerServicer):
         context: _Context,
     ) -> worker_common_pb2.ProcessReply:
         if self._draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is draining")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_DETAILS)
         self._in_flight += 1
         self._idle.clear()
         try:

@@ -28,6 +28,15 @@ class ControlPlaneConfig:
     # The largest page a listing serves: bigger requests are refused rather than
     # answered with one message of unbounded size.
     max_page_size: int = 10_000
+    # Bounds on what one client may make the control plane store or hold, each
+    # refused with RESOURCE_EXHAUSTED naming it: a task's payload in bytes, the
+    # tasks of one request, a task's data dependencies and expected outputs, and
+    # the streams open at once from one client address (a host, not a port).
+    max_payload_size: int = 1 << 30
+    max_tasks_per_request: int = 10_000
+    max_data_dependencies: int = 10_000
+    max_expected_outputs: int = 10_000
+    max_streams_per_client: int = 256
 
     def __post_init__(self) -> None:
         if self.data_chunk_max_size < 1:
@@ -41,7 +50,13 @@ class ControlPlaneConfig:
             raise ValueError(
                 f"requery_share must be from 0 to less than 1, not {self.requery_share}"
             )
-        if self.max_page_size < 1:
-            raise ValueError(
-                f"max_page_size must be positive, not {self.max_page_size}"
-            )
+        for name in (
+            "max_page_size",
+            "max_payload_size",
+            "max_tasks_per_request",
+            "max_data_dependencies",
+            "max_expected_outputs",
+            "max_streams_per_client",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")

@@ -27,6 +27,7 @@ from agent.backend import (
     Topic,
 )
 from agent.control._config import ControlPlaneConfig
+from agent.control._limits import OpenStreams
 from agent.control._requests import Context, required_id
 from agent.control._status import RequestRefused, abort, backend_errors
 from gridpod_api import (
@@ -128,9 +129,15 @@ def response(event: Event) -> _Response:
 class EventsService(events_service_pb2_grpc.EventsServicer):
     """Streams every event of a session until the client cancels or ``close()``."""
 
-    def __init__(self, backend: Backend, config: ControlPlaneConfig) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        config: ControlPlaneConfig,
+        streams: OpenStreams | None = None,
+    ) -> None:
         self._backend = backend
         self._config = config
+        self._streams = streams or OpenStreams(config)
         self._closing = asyncio.Event()
 
     def close(self) -> None:
@@ -140,8 +147,17 @@ class EventsService(events_service_pb2_grpc.EventsServicer):
     async def GetEvents(
         self, request: events_common_pb2.EventSubscriptionRequest, context: Context
     ) -> AsyncIterator[_Response]:
-        # Subscribed before the newest event is read: no wake-up after it is missed.
-        # Every topic: a task queued as it is created may wake QUEUE alone.
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(self._streams.held(context))
+            except RequestRefused as refused:
+                await abort(context, refused)
+            async for reply in self._subscribed(request, context):
+                yield reply
+
+    async def _subscribed(
+        self, request: events_common_pb2.EventSubscriptionRequest, context: Context
+    ) -> AsyncIterator[_Response]:
         with self._backend.subscribe(Topic.ANY) as subscription:
             try:
                 session_id, after = await self._start(request)
@@ -170,9 +186,9 @@ class EventsService(events_service_pb2_grpc.EventsServicer):
         self, request: events_common_pb2.EventSubscriptionRequest
     ) -> tuple[str, int]:
         """The session to follow and the newest event before the subscription."""
+        session_id = required_id(request.session_id, "session_id")
         with backend_errors():
-            after = await self._backend.last_event()
-            session_id = required_id(request.session_id, "session_id")
+            after = await self._backend.last_event(session_id)
             await self._backend.get_session(session_id)
         return session_id, after
 

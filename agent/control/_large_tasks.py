@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 
 from agent._chunks import chained
 from agent.backend import Backend, BackendError, BlobRef, NewTask
+from agent.control._config import ControlPlaneConfig
+from agent.control._limits import bounded_payload, check_task_count, check_task_keys
 from agent.control._status import invalid
 from gridpod_api import objects_pb2, submitter_common_pb2
 
@@ -41,10 +43,14 @@ def _describe(message: _Request) -> str:
 
 class LargeTaskStream:
     """Reads one CreateLargeTasks stream; any message out of place is refused with
-    INVALID_ARGUMENT naming it and its position."""
+    INVALID_ARGUMENT naming it and its position, and a task past the control
+    plane's limits with RESOURCE_EXHAUSTED."""
 
-    def __init__(self, messages: AsyncIterator[_Request]) -> None:
+    def __init__(
+        self, messages: AsyncIterator[_Request], config: ControlPlaneConfig
+    ) -> None:
         self._messages = messages
+        self._config = config
         self._count = 0
 
     async def init_request(self) -> _Request.InitRequest:
@@ -55,7 +61,7 @@ class LargeTaskStream:
             )
         return first.init_request
 
-    async def tasks(self, backend: Backend) -> list[NewTask]:
+    async def tasks(self, backend: Backend, session_id: str) -> list[NewTask]:
         """Every task of the stream, its payload stored as it arrives.
 
         Returns once the stream has ended after ``init_task.last_task``. When the
@@ -63,7 +69,7 @@ class LargeTaskStream:
         small ones held for writing are never written, and those already written
         for earlier tasks are deleted.
         """
-        payloads = _Payloads(backend)
+        payloads = _Payloads(backend, session_id)
         try:
             return await self._read_tasks(payloads)
         except BaseException:
@@ -78,7 +84,17 @@ class LargeTaskStream:
             if header is None:
                 await self._expect_end()
                 break
-            await payloads.add(self._payload(len(headers)))
+            index = len(headers)
+            check_task_count(self._config, index + 1)
+            check_task_keys(
+                self._config,
+                index,
+                header.expected_output_keys,
+                header.data_dependencies,
+            )
+            await payloads.add(
+                bounded_payload(self._config, index, self._payload(index))
+            )
             headers.append(header)
         stored = await payloads.stored()
         return [
@@ -156,8 +172,10 @@ class _Payloads:
     held, then written with the next ones at once; a large one is written as it
     arrives, never held whole."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, session_id: str) -> None:
         self._backend = backend
+        # Where the payloads go: beside the session's records.
+        self._session_id = session_id
         self._stored: list[BlobRef | None] = []
         self._held: dict[int, list[bytes]] = {}
         self._held_bytes = 0
@@ -172,7 +190,11 @@ class _Payloads:
                 return
             taken.append(chunk)
             size += len(chunk)
-        self._stored.append(await self._backend.write_blob(chained(taken, chunks)))
+        self._stored.append(
+            await self._backend.write_blob(
+                chained(taken, chunks), session_id=self._session_id
+            )
+        )
 
     async def _hold(self, chunks: list[bytes], size: int) -> None:
         self._held[len(self._stored)] = chunks
@@ -183,7 +205,9 @@ class _Payloads:
 
     async def _write_held(self) -> None:
         held, self._held, self._held_bytes = self._held, {}, 0
-        stored = await store_payloads(self._backend, list(held.values()))
+        stored = await store_payloads(
+            self._backend, list(held.values()), self._session_id
+        )
         for index, payload in zip(held, stored, strict=True):
             self._stored[index] = payload
 
@@ -202,12 +226,14 @@ class _Payloads:
 
 
 async def store_payloads(
-    backend: Backend, payloads: Sequence[Sequence[bytes]]
+    backend: Backend, payloads: Sequence[Sequence[bytes]], session_id: str
 ) -> list[BlobRef]:
     """Store each payload, given as its chunks, all at once: a backend may write
     calls that come together in one transaction, which costs less than one each."""
     writes = [
-        asyncio.ensure_future(backend.write_blob(_listed(chunks)))
+        asyncio.ensure_future(
+            backend.write_blob(_listed(chunks), session_id=session_id)
+        )
         for chunks in payloads
     ]
     try:

@@ -24,6 +24,7 @@ from agent.control._applications import ApplicationsService
 from agent.control._auth import AuthenticationService, permissions
 from agent.control._config import ControlPlaneConfig
 from agent.control._events import EventsService
+from agent.control._limits import OpenStreams
 from agent.control._results import ResultsService
 from agent.control._sessions import SessionsService
 from agent.control._submitter import SubmitterService
@@ -46,7 +47,7 @@ from gridpod_api import (
 )
 from worker_sdk._address import Address
 from worker_sdk._agent import CHANNEL_OPTIONS
-from worker_sdk._listen import listen
+from worker_sdk._listen import listen, new_server
 
 __all__ = ["SERVED_SERVICES", "ControlPlane"]
 
@@ -124,7 +125,9 @@ class ControlPlane:
         self._listen = listen
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
-        self._events = EventsService(backend, config)
+        # One count of each client's open streams, whichever service they call.
+        self._streams = OpenStreams(config)
+        self._events = EventsService(backend, config, self._streams)
         self._port = 0
 
     @property
@@ -145,7 +148,7 @@ class ControlPlane:
         backend, config = self._backend, self._config
         granted = permissions(service.descriptor for service in _ALL)
         return [
-            (_SUBMITTER, SubmitterService(backend, config)),
+            (_SUBMITTER, SubmitterService(backend, config, self._streams)),
             (_SESSIONS, SessionsService(backend, config)),
             (_TASKS, TasksService(backend, config)),
             (_RESULTS, ResultsService(backend, config)),
@@ -165,7 +168,7 @@ class ControlPlane:
 
     async def start(self) -> None:
         """Listen and serve; raises ``AgentError`` if the address cannot be bound."""
-        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        server = new_server(_SERVER_OPTIONS)
         for service, servicer in self._servicers():
             service.add_to_server(servicer, server)
         await self._add_health_and_reflection(server)

@@ -41,6 +41,12 @@ from agent.backend import (
 )
 from agent.control._config import ControlPlaneConfig
 from agent.control._large_tasks import LargeTaskStream, store_payloads
+from agent.control._limits import (
+    OpenStreams,
+    check_payload_size,
+    check_task_count,
+    check_task_keys,
+)
 from agent.control._status import RequestRefused, abort, backend_errors, invalid
 from agent.control._watch import CompletionWait, wait_until, watch_results
 from gridpod_api import (
@@ -95,9 +101,16 @@ async def _answer_stream(
 class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
     """Sessions, tasks and results of the grid for its clients, over the backend."""
 
-    def __init__(self, backend: Backend, config: ControlPlaneConfig) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        config: ControlPlaneConfig,
+        streams: OpenStreams | None = None,
+    ) -> None:
         self._backend = backend
         self._config = config
+        # Shared with the other services of the control plane that stream.
+        self._streams = streams or OpenStreams(config)
 
     # -- sessions -------------------------------------------------------------------
 
@@ -183,7 +196,9 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         context: _Context,
     ) -> _Reply:
         return await _answer(
-            "CreateLargeTasks", context, self._create_large_tasks(request_iterator)
+            "CreateLargeTasks",
+            context,
+            self._create_large_tasks(request_iterator, context),
         )
 
     async def _create_small_tasks(
@@ -193,11 +208,14 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         if not request.task_requests:
             invalid("CreateSmallTasks got no task_requests: there is nothing to create")
         options = _given_options(request, "task_options")
+        self._check_small_tasks(request.task_requests)
         # The payloads are here already: no session check before storing them
         # (submit_tasks refuses an unknown or cancelled session, and the payloads
         # are then deleted), which spares the common case a call to the backend.
         payloads = await store_payloads(
-            self._backend, [[task.payload] for task in request.task_requests]
+            self._backend,
+            [[task.payload] for task in request.task_requests],
+            session_id,
         )
         tasks = [
             NewTask(
@@ -209,18 +227,30 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         ]
         return await self._submit(session_id, tasks, options)
 
+    def _check_small_tasks(self, requests: Sequence[objects_pb2.TaskRequest]) -> None:
+        config = self._config
+        check_task_count(config, len(requests))
+        for index, task in enumerate(requests):
+            check_task_keys(
+                config, index, task.expected_output_keys, task.data_dependencies
+            )
+            check_payload_size(config, index, len(task.payload))
+
     async def _create_large_tasks(
-        self, messages: AsyncIterator[_Common.CreateLargeTaskRequest]
+        self,
+        messages: AsyncIterator[_Common.CreateLargeTaskRequest],
+        context: _Context,
     ) -> _Reply:
-        stream = LargeTaskStream(messages)
-        init = await stream.init_request()
-        session_id = _required(init.session_id, "init_request.session_id")
-        options = _given_options(init, "task_options")
-        # Checked before the payloads stream in, so that a client of an unknown or
-        # cancelled session does not upload them for nothing.
-        await self._running_session(session_id)
-        tasks = await stream.tasks(self._backend)
-        return await self._submit(session_id, tasks, options)
+        with self._streams.held(context):
+            stream = LargeTaskStream(messages, self._config)
+            init = await stream.init_request()
+            session_id = _required(init.session_id, "init_request.session_id")
+            options = _given_options(init, "task_options")
+            # Checked before the payloads stream in, so that a client of an unknown
+            # or cancelled session does not upload them for nothing.
+            await self._running_session(session_id)
+            tasks = await stream.tasks(self._backend, session_id)
+            return await self._submit(session_id, tasks, options)
 
     async def _submit(
         self,
@@ -392,7 +422,7 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
     async def TryGetResultStream(
         self, request: objects_pb2.ResultRequest, context: _Context
     ) -> AsyncIterator[_Common.ResultReply]:
-        replies = self._result_stream(request)
+        replies = self._while_held(context, self._result_stream(request))
         async for reply in _answer_stream("TryGetResultStream", context, replies):
             yield reply
 
@@ -408,9 +438,19 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         request_iterator: AsyncIterator[_Common.WatchResultRequest],
         context: _Context,
     ) -> AsyncIterator[_Common.WatchResultStream]:
-        replies = watch_results(self._backend, self._config, request_iterator)
+        replies = self._while_held(
+            context, watch_results(self._backend, self._config, request_iterator)
+        )
         async for reply in _answer_stream("WatchResults", context, replies):
             yield reply
+
+    async def _while_held(
+        self, context: _Context, replies: AsyncIterator[_T]
+    ) -> AsyncIterator[_T]:
+        """The replies of a stream, counted among the caller's open streams."""
+        with self._streams.held(context):
+            async for reply in replies:
+                yield reply
 
     async def _result_statuses(
         self, request: _Common.GetResultStatusRequest
@@ -510,13 +550,17 @@ def _required(value: str, name: str) -> str:
 def _check_options(options: objects_pb2.TaskOptions, name: str) -> None:
     if options.max_retries < 0:
         invalid(f"{name}.max_retries must not be negative, not {options.max_retries}")
+    if not options.HasField("max_duration"):
+        return
     duration = options.max_duration
-    if options.HasField("max_duration") and (
-        duration.seconds < 0 or duration.nanos < 0
-    ):
-        invalid(
-            f"{name}.max_duration must not be negative, not {duration.ToTimedelta()}"
-        )
+    try:
+        # An agent reads it as a timedelta: one too long to be one would fail every
+        # attempt of the task.
+        span = duration.ToTimedelta()
+    except OverflowError:
+        invalid(f"{name}.max_duration of {duration.seconds} seconds is too long")
+    if duration.seconds < 0 or duration.nanos < 0:
+        invalid(f"{name}.max_duration must not be negative, not {span}")
 
 
 def _given_options(message: Any, name: str) -> objects_pb2.TaskOptions | None:

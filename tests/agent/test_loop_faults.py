@@ -27,6 +27,7 @@ from agent.backend import (
 )
 from agent.backend import Backend as _Backend
 from gridpod_api import objects_pb2, worker_common_pb2
+from worker_sdk._server import DRAINING_DETAILS
 
 
 async def _one(data: bytes) -> Any:
@@ -47,6 +48,8 @@ class FakeWorker:
         self.healthy = healthy
         self.calls = 0
         self.crash = False
+        # Turn this many tasks away as a draining worker does, then run them.
+        self.turn_away = 0
 
     async def wait_healthy(self, initial: timedelta, ceiling: timedelta) -> None:
         while not self.healthy:
@@ -62,6 +65,14 @@ class FakeWorker:
         self, attempt: Attempt, data: TaskData | None, timeout: float | None
     ) -> worker_common_pb2.ProcessReply:
         self.calls += 1
+        if self.turn_away:
+            self.turn_away -= 1
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                DRAINING_DETAILS,
+            )
         if self.crash:
             self.healthy = False
             raise grpc.aio.AioRpcError(
@@ -178,6 +189,23 @@ async def test_a_failed_read_ahead_does_not_stop_acquiring(
     worker = FakeWorker(registry, backend=backend)
     loop = TaskLoop(_config(), backend, worker, registry)  # type: ignore[arg-type]
     await _run_until_all_complete(loop, backend, ids)
+
+
+async def test_a_task_turned_away_by_a_draining_worker_costs_no_retry(
+    backend: SqliteBackend,
+) -> None:
+    ids = await _submit(backend, 2)
+    registry = AttemptRegistry()
+    worker = FakeWorker(registry, backend=backend)
+    worker.turn_away = 2
+    loop = TaskLoop(_config(), backend, worker, registry)  # type: ignore[arg-type]
+    await _run_until_all_complete(loop, backend, ids)
+
+    records = [await backend.get_task(task_id) for task_id in ids]
+    # Released, not failed: the same tasks completed, on their first attempt.
+    assert [r.status for r in records] == [TaskStatus.COMPLETED] * 2
+    assert all(r.retry_of_ids == () for r in records)
+    assert worker.calls == 4
 
 
 async def test_draining_with_the_worker_down_releases_what_is_held(

@@ -104,6 +104,15 @@ async def test_create_session_keeps_defaults_and_partitions(grid: Grid) -> None:
             "max_duration",
         ),
         (
+            # Longer than a timedelta holds: no agent could run such a task.
+            Common.CreateSessionRequest(
+                default_task_option=objects_pb2.TaskOptions(
+                    max_duration=Duration(seconds=10**15)
+                )
+            ),
+            "max_duration",
+        ),
+        (
             Common.CreateSessionRequest(
                 default_task_option=options(partition_id="c"), partition_ids=["a"]
             ),
@@ -116,7 +125,14 @@ async def test_create_session_keeps_defaults_and_partitions(grid: Grid) -> None:
             "partition_ids[1]",
         ),
     ],
-    ids=["no-defaults", "negative-retries", "negative-duration", "partition", "empty"],
+    ids=[
+        "no-defaults",
+        "negative-retries",
+        "negative-duration",
+        "endless-duration",
+        "partition",
+        "empty",
+    ],
 )
 async def test_create_session_refuses_bad_options(
     grid: Grid, request_: Common.CreateSessionRequest, named: str

@@ -162,12 +162,14 @@ async def test_a_failed_payload_write_creates_no_task(
     write_blob = grid.backend.write_blob
     writes = 0
 
-    async def failing(chunks: AsyncIterator[bytes]) -> BlobRef:
+    async def failing(
+        chunks: AsyncIterator[bytes], *, session_id: str | None = None
+    ) -> BlobRef:
         nonlocal writes
         writes += 1
         if writes == 3:
             raise BackendError("the disk is full")
-        return await write_blob(chunks)
+        return await write_blob(chunks, session_id=session_id)
 
     monkeypatch.setattr(grid.backend, "write_blob", failing)
     tasks = [task_request([f"k{index}"]) for index in range(5)]
