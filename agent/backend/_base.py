@@ -116,6 +116,8 @@ class SessionRecord:
     partition_ids: tuple[str, ...]
     created_at: datetime
     cancelled_at: datetime | None = None
+    # The user who created it, when authentication names one; "" otherwise.
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -201,9 +203,13 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def create_session(
-        self, default_options: objects_pb2.TaskOptions, partition_ids: Sequence[str]
+        self,
+        default_options: objects_pb2.TaskOptions,
+        partition_ids: Sequence[str],
+        *,
+        owner: str = "",
     ) -> SessionRecord:
-        """A new RUNNING session."""
+        """A new RUNNING session, created by the user ``owner``."""
 
     @abc.abstractmethod
     async def get_session(self, session_id: str) -> SessionRecord:

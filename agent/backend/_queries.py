@@ -79,6 +79,8 @@ SessionSort = Literal["session_id", "status", "created_at", "cancelled_at"]
 @dataclass(frozen=True, kw_only=True)
 class SessionQuery(_Paging):
     session_ids: Collection[str] = ()
+    # The users who created them.
+    owners: Collection[str] = ()
     statuses: Collection[SessionStatus] = ()
     excluded_statuses: Collection[SessionStatus] = ()
     # Compared with the session's default task options.

@@ -187,6 +187,7 @@ def session_record(row: sqlite3.Row) -> SessionRecord:
         partition_ids=tuple(json.loads(row["partition_ids"])),
         created_at=datetime.fromtimestamp(row["created_at"], timezone.utc),
         cancelled_at=_timestamp(row["cancelled_at"]),
+        owner=row["owner"],
     )
 
 
@@ -296,6 +297,7 @@ def _task_criteria(query: TaskQuery) -> _Where:
 def _session_criteria(query: SessionQuery) -> _Where:
     where = _Where()
     where.among("session_id", query.session_ids)
+    where.among("owner", query.owners)
     where.among("status", query.statuses)
     where.among("status", query.excluded_statuses, negated=True)
     where.equals("application_name", query.application_name)

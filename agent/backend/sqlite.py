@@ -31,7 +31,7 @@ An attempt stays its task's until it ends or until ``recover_expired`` ends it: 
 lapsed lease only allows another process to take the task over, so a slow agent's
 commit is still accepted if nobody has.
 
-Schema (``PRAGMA user_version`` = 2); timestamps are Unix seconds, lists are JSON:
+Schema (``PRAGMA user_version`` = 3); timestamps are Unix seconds, lists are JSON:
 
 ``sessions``
     One row per session: status, default options (a serialized ``TaskOptions``, and
@@ -173,7 +173,7 @@ _Outcome = tuple[bool, Any]
 # (the call, where its outcome goes, whether it may share a transaction)
 _Job = tuple[Callable[[], Any], Callable[[_Outcome], None], bool]
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 # RETURNING and UPDATE ... FROM keep most transitions to a few statements.
 _MIN_SQLITE = (3, 35, 0)
 # Bounds what one transaction writes and one read hop returns of a blob.
@@ -211,6 +211,8 @@ _SCHEMA_2 = (
         data TEXT NOT NULL
     )""",
 )
+# What version 3 added to version 2: who created each session.
+_SCHEMA_3 = ("ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT ''",)
 _UPGRADE_FROM_1 = (
     *(
         f"ALTER TABLE tasks ADD COLUMN application_{field} TEXT NOT NULL DEFAULT ''"
@@ -232,7 +234,8 @@ _SCHEMA = (
         created_at REAL NOT NULL,
         cancelled_at REAL,
         application_name TEXT NOT NULL DEFAULT '',
-        application_version TEXT NOT NULL DEFAULT ''
+        application_version TEXT NOT NULL DEFAULT '',
+        owner TEXT NOT NULL DEFAULT ''
     )""",
     """CREATE TABLE blobs (
         blob_id TEXT PRIMARY KEY,
@@ -1000,6 +1003,9 @@ class _Store:
             return
         if version == 1:
             _upgrade_from_1(db)
+        if version in (1, 2):
+            for statement in _SCHEMA_3:
+                db.execute(statement)
         elif version == 0:
             for statement in _SCHEMA:
                 db.execute(statement)
@@ -1103,14 +1109,17 @@ class _Store:
     # -- sessions -----------------------------------------------------------------
 
     def create_session(
-        self, default_options: objects_pb2.TaskOptions, partition_ids: list[str]
+        self,
+        default_options: objects_pb2.TaskOptions,
+        partition_ids: list[str],
+        owner: str,
     ) -> SessionRecord:
         with self._transaction() as db:
             row = _one(
                 db,
                 "INSERT INTO sessions (session_id, status, default_options, "
-                "partition_ids, created_at, application_name, application_version) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                "partition_ids, created_at, application_name, application_version, "
+                "owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (
                     str(uuid.uuid4()),
                     SessionStatus.RUNNING,
@@ -1118,6 +1127,7 @@ class _Store:
                     json.dumps(partition_ids),
                     _clock(),
                     *_application(default_options)[:2],
+                    owner,
                 ),
             )
             self._wakeups.touch(Topic.STATE)
@@ -1822,10 +1832,14 @@ class SqliteBackend(Backend):
     # -- sessions -----------------------------------------------------------------
 
     async def create_session(
-        self, default_options: objects_pb2.TaskOptions, partition_ids: Sequence[str]
+        self,
+        default_options: objects_pb2.TaskOptions,
+        partition_ids: Sequence[str],
+        *,
+        owner: str = "",
     ) -> SessionRecord:
         return await self._call(
-            self._store.create_session, default_options, list(partition_ids)
+            self._store.create_session, default_options, list(partition_ids), owner
         )
 
     async def get_session(self, session_id: str) -> SessionRecord:

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from agent.backend import Backend, NotFound, SessionStatus
+from agent.backend import Backend, NotFound, SessionQuery, SessionStatus
 from gridpod_api import objects_pb2
 
 
@@ -52,3 +52,14 @@ async def test_cancelling_twice_changes_nothing(backend: Backend) -> None:
     assert cancelled.cancelled_at.tzinfo is not None
     assert again == cancelled
     assert await backend.get_session(created.session_id) == cancelled
+
+
+async def test_a_session_keeps_who_created_it(backend: Backend) -> None:
+    options = objects_pb2.TaskOptions()
+    alice = await backend.create_session(options, (), owner="alice")
+    nobody = await backend.create_session(options, ())
+
+    assert (await backend.get_session(alice.session_id)).owner == "alice"
+    assert (await backend.get_session(nobody.session_id)).owner == ""
+    owned = await backend.list_sessions(SessionQuery(owners=["alice"]))
+    assert [s.session_id for s in owned.items] == [alice.session_id]

@@ -21,8 +21,14 @@ from agent.backend import (
 from gridpod_api import objects_pb2
 from tests.backend.support import new_task, session, submit, take
 
-# What version 2 added, undone: the file a version 1 agent left.
+# What version 3 added, undone: the file a version 2 agent left.
+_BACK_TO_VERSION_2 = (
+    "ALTER TABLE sessions DROP COLUMN owner",
+    "PRAGMA user_version = 2",
+)
+# What versions 2 and 3 added, undone: the file a version 1 agent left.
 _BACK_TO_VERSION_1 = (
+    *_BACK_TO_VERSION_2,
     "DROP TABLE events",
     "DROP INDEX tasks_by_application",
     *(
@@ -68,6 +74,27 @@ async def test_a_version_1_file_is_upgraded_with_its_applications(
             (1, EventKind.TASK_STATUS, task.task_id, TaskStatus.DISPATCHED),
             (2, EventKind.TASK_STATUS, task.task_id, TaskStatus.PROCESSING),
         ]
+    finally:
+        await upgraded.close()
+
+
+async def test_a_version_2_file_is_upgraded_with_sessions_of_no_owner(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    backend = SqliteBackend(path)
+    sid = await session(backend)
+    await backend.close()
+    _rewrite(path, _BACK_TO_VERSION_2)
+
+    upgraded = SqliteBackend(path)
+    try:
+        assert (await upgraded.get_session(sid)).owner == ""
+        created = await upgraded.create_session(
+            objects_pb2.TaskOptions(), (), owner="alice"
+        )
+        owned = await upgraded.list_sessions(SessionQuery(owners=["alice"]))
+        assert [s.session_id for s in owned.items] == [created.session_id]
     finally:
         await upgraded.close()
 

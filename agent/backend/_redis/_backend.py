@@ -339,7 +339,11 @@ class RedisBackend(Backend):
     # -- sessions ---------------------------------------------------------------------
 
     async def create_session(
-        self, default_options: objects_pb2.TaskOptions, partition_ids: Sequence[str]
+        self,
+        default_options: objects_pb2.TaskOptions,
+        partition_ids: Sequence[str],
+        *,
+        owner: str = "",
     ) -> SessionRecord:
         session_id = fresh_id()
         pipe = self._redis.pipeline(transaction=False)
@@ -353,6 +357,7 @@ class RedisBackend(Backend):
             json.dumps(list(partition_ids)),
             default_options.application_name,
             default_options.application_version,
+            owner,
         )
         record = session_record(session_id, fields(outcome.answer))
         self._sessions[session_id] = record

@@ -67,6 +67,7 @@ def _session_matches(query: SessionQuery, session: SessionRecord) -> bool:
     options = session.default_options
     return (
         _among(session.session_id, query.session_ids)
+        and _among(session.owner, query.owners)
         and _among(session.status, query.statuses)
         and _among(session.status, query.excluded_statuses, negated=True)
         and _equals(options.application_name, query.application_name)

@@ -61,6 +61,7 @@ def session_record(session_id: str, row: Fields) -> SessionRecord:
         partition_ids=_ids(row.get("parts")),
         created_at=_time(row["c"]) or datetime.now(timezone.utc),
         cancelled_at=_time(row.get("x")),
+        owner=_text(row.get("ow")),
     )
 
 

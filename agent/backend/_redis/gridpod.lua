@@ -606,7 +606,8 @@ end
 
 -- -- sessions -------------------------------------------------------------------
 
--- ARGV[4..]: session id, options, partitions (JSON), application name, version.
+-- ARGV[4..]: session id, options, partitions (JSON), application name, version,
+-- owner.
 local function create_session(keys, args)
   local ctx = context(keys, args)
   local sk = k_session(ctx, args[4])
@@ -614,7 +615,7 @@ local function create_session(keys, args)
     return fail_with('BACKEND', 'session ' .. args[4] .. ' exists')
   end
   C('HSET', sk, 'st', S_RUNNING, 'opt', args[5], 'parts', args[6], 'c', ctx.nows,
-    'an', args[7], 'av', args[8], 'seq', 0, 'ord', 0, 'rord', 0)
+    'an', args[7], 'av', args[8], 'ow', args[9], 'seq', 0, 'ord', 0, 'rord', 0)
   ctx.state = true
   return outcome(ctx, C('HGETALL', sk))
 end
