@@ -66,6 +66,8 @@ class Pod:
     folder: Path
     backend_url: str
     agent_args: Sequence[str] = ()
+    # The worker's ``MODULE:CLASS``.
+    handler: str = HANDLER
     health_port: int = field(default_factory=free_port)
     agent: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
@@ -92,7 +94,7 @@ class Pod:
                 sys.executable,
                 "-m",
                 "worker_sdk",
-                HANDLER,
+                self.handler,
                 "--address",
                 f"unix://{self.worker_socket}",
                 "--agent",
@@ -184,12 +186,14 @@ class Grid:
     backend: Backend
     backend_url: str
     pods: list[Pod] = field(default_factory=list)
+    # What every pod's worker serves.
+    handler: str = HANDLER
 
     def pod(self, *agent_args: str, start: bool = True) -> Pod:
         name = f"pod{len(self.pods)}"
         folder = self.folder / name
         folder.mkdir()
-        pod = Pod(name, folder, self.backend_url, agent_args)
+        pod = Pod(name, folder, self.backend_url, agent_args, self.handler)
         self.pods.append(pod)
         if start:
             pod.start_worker()

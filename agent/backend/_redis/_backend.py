@@ -389,7 +389,6 @@ class RedisBackend(Backend):
         self, chunks: AsyncIterable[bytes], *, session_id: str | None = None
     ) -> BlobRef:
         blob_id = fresh_id(None if session_id is None else tag_of(session_id))
-        key = self._keys.chunks(blob_id)
         size = count = 0
         batch: list[bytes] = []
         batch_size = 0
@@ -398,19 +397,16 @@ class RedisBackend(Backend):
                 batch.append(bytes(chunk))
                 batch_size += len(chunk)
                 if batch_size >= _INLINE_RESULT or len(batch) >= _READ_CHUNKS:
-                    await self._guarded(self._redis.rpush(key, *batch))
+                    # A function, so that a batch sent again is appended once.
+                    await self._fcall("append", blob_id, blob_id, "", *batch)
                     size, count = size + batch_size, count + len(batch)
                     batch, batch_size = [], 0
-            pipe = self._redis.pipeline(transaction=False)
-            if batch:
-                pipe.rpush(key, *batch)
             size, count = size + batch_size, count + len(batch)
-            pipe.hset(self._keys.blob(blob_id), mapping={"sz": size, "n": count})
-            await self._guarded(pipe.execute())
+            await self._fcall("append", blob_id, blob_id, f"{size}:{count}", *batch)
         except BaseException:
             # Nothing references the blob yet.
             with contextlib.suppress(Exception):
-                await self._redis.delete(key)
+                await self._redis.delete(self._keys.chunks(blob_id))
             raise
         return BlobRef(blob_id, size)
 
@@ -424,7 +420,8 @@ class RedisBackend(Backend):
         count, seq, wanted = int(meta), 0, 1
         key = self._keys.chunks(blob_id)
         while seq < count:
-            batch = await self._guarded(self._redis.lrange(key, seq, seq + wanted - 1))
+            last = min(seq + wanted, count) - 1
+            batch = await self._guarded(self._redis.lrange(key, seq, last))
             if not batch:
                 raise NotFound(f"blob {blob_id} was deleted while being read")
             seq += len(batch)

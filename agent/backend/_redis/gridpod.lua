@@ -986,6 +986,21 @@ local function cancel_tasks(keys, args)
   return outcome(ctx, replies)
 end
 
+-- ARGV[4]: blob id; ARGV[5]: "" or, with the last chunks, "<size>:<count>", which
+-- makes the blob whole; ARGV[6..]: chunks to append.
+local function append(keys, args)
+  local ctx = context(keys, args)
+  local bid = args[4]
+  if #args >= 6 then
+    C('RPUSH', k_chunks(ctx, bid), unpack(args, 6))
+  end
+  if args[5] ~= '' then
+    local size, count = string.match(args[5], '^(%d+):(%d+)$')
+    C('HSET', k_blob(ctx, bid), 'sz', size, 'n', count)
+  end
+  return outcome(ctx, C('LLEN', k_chunks(ctx, bid)))
+end
+
 -- ARGV[4..]: blob ids of this slot; deletes those that nothing references.
 local function discard_blobs(keys, args)
   local ctx = context(keys, args)
@@ -1030,3 +1045,4 @@ redis.register_function('gp_mark_cancelled', once(mark_cancelled))
 redis.register_function('gp_recover', once(recover))
 redis.register_function('gp_cancel_tasks', once(cancel_tasks))
 redis.register_function('gp_discard_blobs', discard_blobs)
+redis.register_function('gp_append', once(append))
