@@ -690,12 +690,42 @@ class RedisBackend(Backend):
         return task_record(fields(outcome.answer))
 
     async def recover_expired(self, now: datetime | None = None) -> list[str]:
+        sessions = await self._all_sessions()
         recovered: list[str] = []
-        for session_id in await self._all_sessions():
-            outcome = await self._fcall("recover", session_id, session_id, now=now)
-            for entry in outcome.answer:
-                recovered.append(self._log_recovery(entry))
+        for start in range(0, len(sessions), _READ_BATCH):
+            batch = sessions[start : start + _READ_BATCH]
+            for session_id, outcome in zip(
+                batch, await self._recover_sessions(batch, now), strict=True
+            ):
+                recovered += [self._log_recovery(entry) for entry in outcome.answer]
+                await self._after(session_id, outcome)
         return recovered
+
+    async def _recover_sessions(
+        self, sessions: Sequence[str], now: datetime | None
+    ) -> list[_Outcome]:
+        """One recovery call per session, all in one round trip: a recovery run
+        again after a lost reply finds nothing more to do, so it needs no nonce."""
+        if not self._loaded:
+            await self._guarded(self._load())
+
+        async def recover() -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            for session_id in sessions:
+                base = self._keys.base(session_id)
+                header = (base, _stamp(now), self._keep_events, nonce())
+                pipe.fcall("gp_recover", 1, *header, session_id)
+            replies: list[Any] = await self._guarded(pipe.execute())
+            return replies
+
+        try:
+            replies = await recover()
+        except BackendError as err:
+            if "function not found" not in str(err).lower():
+                raise
+            await self._guarded(self._load())
+            replies = await recover()
+        return [_Outcome(reply) for reply in replies]
 
     @staticmethod
     def _log_recovery(entry: list[Any]) -> str:
