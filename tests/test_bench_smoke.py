@@ -48,3 +48,18 @@ def test_a_quick_end_to_end_run_prints_its_figures() -> None:
         "ratio to celery" in done.stdout
         or "the Celery baseline could not run" in done.stdout
     )
+
+
+def test_a_quick_scale_run_prints_its_figures() -> None:
+    done = subprocess.run(
+        [sys.executable, "bench/scale.py", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "embedded, 1" in done.stdout
+    assert "redis, 2" in done.stdout
+    assert "redis 1 pod / embedded" in done.stdout
