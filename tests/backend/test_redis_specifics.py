@@ -3,7 +3,9 @@ and a server that lost its functions."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio
@@ -60,9 +62,11 @@ async def test_events_are_read_by_session_only(backend: RedisBackend) -> None:
         await backend.last_event()
 
 
-@pytest.mark.parametrize("query", ["events=many", "events=0"])
+@pytest.mark.parametrize(
+    "query", ["events=many", "events=0", "reconnect=soon", "reconnect=-1"]
+)
 def test_a_bad_retention_is_refused(redis_url: str, query: str) -> None:
-    with pytest.raises(ValueError, match="events"):
+    with pytest.raises(ValueError, match=query.partition("=")[0]):
         open_backend(f"{redis_url}&{query}")
 
 
@@ -106,3 +110,36 @@ def test_ids_of_a_session_share_its_hash_tag() -> None:
     assert keys.task(task_id).startswith(keys.base(session_id))
     assert keys.result(session_id, "out").startswith(keys.base(session_id))
     assert len(task_id) == len(session_id) == 36
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    certificate, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes"),
+            *("-keyout", str(key), "-out", str(certificate), "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return certificate, key
+
+
+async def test_rediss_runs_a_task_over_tls(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis", tls=_self_signed(tmp_path)) as server:
+        backend = open_backend(server.url())
+        try:
+            sid = await session(backend)
+            await submit(backend, sid, await new_task(backend, ["out"]))
+            attempt = await take(backend)
+            assert (await finish(backend, attempt)).status == TaskStatus.COMPLETED
+        finally:
+            await backend.close()
+
+        plain = open_backend(f"redis://127.0.0.1:{server.port}/0?reconnect=0")
+        try:
+            with pytest.raises(BackendError):
+                await plain.get_session(sid)
+        finally:
+            await plain.close()

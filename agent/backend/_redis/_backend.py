@@ -4,13 +4,15 @@ server), shared by agents and control planes on any number of hosts.
 Open it with ``open_backend("redis://[:password@]host:port/db")`` (``rediss://``
 for TLS). Query parameters: ``prefix`` (``gp`` by default) starts every key, so
 several grids can share one server; ``events`` is how many events each session's
-log keeps (a million by default). Any other parameter goes to redis-py.
+log keeps (a million by default); ``reconnect`` is for how many seconds a call
+goes on trying to reach a server that does not answer (60). Any other parameter
+goes to redis-py (``ssl_ca_certs=PATH``, say).
 
 Every transition is one call of a Redis function of the library ``gridpod``
 (``gridpod.lua``), loaded by the first call of each instance: Redis runs a function
 to its end before anything else, so two agents never take the same task and a
 transition is stored whole or not at all. A call that the connection lost is sent
-again, with backoff, for up to about a minute (a restarting server); it carries
+again, with backoff, for up to ``reconnect`` seconds (a restarting server); it carries
 the same nonce as the first, and a function that already ran replies what it
 replied then rather than run twice.
 
@@ -155,6 +157,8 @@ logger = logging.getLogger(__name__)
 _LIBRARY = Path(__file__).with_name("gridpod.lua")
 _MEMO_SECONDS = 120
 _KEEP_EVENTS = 1_000_000
+# How long a call goes on trying to reach a server that does not answer.
+_RECONNECT_SECONDS = 60
 # Chunks and bytes read per round trip, at most, when streaming a blob out.
 _READ_CHUNKS = 64
 _READ_BYTES = 1 << 20
@@ -193,6 +197,18 @@ def _library_code() -> str:
     shebang, _, body = _LIBRARY.read_text().partition("\n")
     header = "\n".join(f"local {name} = {value}" for name, value in constants.items())
     return f"{shebang}\n{header}\n{body}"
+
+
+def _whole(query: dict[str, list[str]], name: str, default: int, url: str) -> int:
+    """The whole number ``name`` of the URL's query, taken out of ``query``."""
+    text = query.pop(name, [str(default)])[-1]
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise ValueError(f"{name} in {url!r} must be a whole number") from err
+    if value < 0:
+        raise ValueError(f"{name} in {url!r} must be 0 or more")
+    return value
 
 
 def _stamp(value: datetime | None) -> str:
@@ -255,17 +271,17 @@ class RedisBackend(Backend):
         parts = urllib.parse.urlsplit(url)
         query = urllib.parse.parse_qs(parts.query)
         prefix = query.pop("prefix", ["gp"])[-1]
-        try:
-            keep = int(query.pop("events", [str(_KEEP_EVENTS)])[-1])
-        except ValueError as err:
-            raise ValueError(f"events in {url!r} must be a whole number") from err
+        keep = _whole(query, "events", _KEEP_EVENTS, url)
         if keep < 1:
             raise ValueError(f"events in {url!r} must be at least 1")
+        reconnect = _whole(query, "reconnect", _RECONNECT_SECONDS, url)
         rest = urllib.parse.urlencode({k: v[-1] for k, v in query.items()})
         connect = urllib.parse.urlunsplit(parts._replace(query=rest))
         client = Redis.from_url(
             connect,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 90),
+            # Backoff reaches its cap of a second after a few tries: about one
+            # try a second from then on.
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), reconnect + 5),
             retry_on_error=[
                 redis_errors.ConnectionError,
                 redis_errors.TimeoutError,
