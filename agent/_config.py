@@ -8,7 +8,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from worker_sdk import Address
-from worker_sdk._address import DEFAULT_AGENT_ADDRESS, DEFAULT_WORKER_ADDRESS
+from worker_sdk._address import (
+    DEFAULT_AGENT_ADDRESS,
+    DEFAULT_WORKER_ADDRESS,
+    ChannelTls,
+    ServerTls,
+)
 
 __all__ = ["AgentConfig"]
 
@@ -29,6 +34,10 @@ class AgentConfig:
     listen_address: Address = field(
         default_factory=lambda: Address.parse(DEFAULT_AGENT_ADDRESS)
     )
+    # TLS of the Agent service, and what the channel to the worker trusts; used on
+    # TCP only (unix sockets stay plaintext). None: plaintext.
+    tls: ServerTls | None = None
+    worker_tls: ChannelTls | None = None
     partition_id: str = ""
     # Tasks run at once on the worker; 1 because many kernels are not reentrant.
     concurrency: int = 1

@@ -37,7 +37,10 @@ class Sidecar:
         self.limits = limits or AgentLimits()
         self._registry = AttemptRegistry()
         self._worker = WorkerLink(
-            config.worker_address, backend, config.data_chunk_max_size
+            config.worker_address,
+            backend,
+            config.data_chunk_max_size,
+            config.worker_tls,
         )
         self.loop = TaskLoop(config, backend, self._worker, self._registry)
         self._server: grpc.aio.Server | None = None
@@ -53,7 +56,7 @@ class Sidecar:
         )
         agent_service_pb2_grpc.add_AgentServicer_to_server(service, server)
         address = self.config.listen_address
-        await listen(server, address)
+        await listen(server, address, self.config.tls)
         self._server = server
         logger.info(
             "agent %s serving on %s for the worker at %s",

@@ -14,6 +14,7 @@ from agent import _metrics
 from agent.backend import Attempt, Backend
 from gridpod_api import objects_pb2, worker_common_pb2, worker_service_pb2_grpc
 from worker_sdk import Address
+from worker_sdk._address import ChannelTls, open_channel
 from worker_sdk._agent import CHANNEL_OPTIONS
 from worker_sdk._data import iter_chunks
 
@@ -32,12 +33,17 @@ class TaskData:
 
 
 class WorkerLink:
-    """Talks to the one worker of the pod."""
+    """Talks to the one worker of the pod; over TLS when ``tls`` is given and the
+    worker's address is TCP."""
 
-    def __init__(self, address: Address, backend: Backend, chunk_size: int) -> None:
-        self._channel = grpc.aio.insecure_channel(
-            address.grpc_target, options=CHANNEL_OPTIONS
-        )
+    def __init__(
+        self,
+        address: Address,
+        backend: Backend,
+        chunk_size: int,
+        tls: ChannelTls | None = None,
+    ) -> None:
+        self._channel = open_channel(address, tls, CHANNEL_OPTIONS)
         self._stub = worker_service_pb2_grpc.WorkerStub(self._channel)
         self._backend = backend
         self._chunk_size = chunk_size

@@ -24,15 +24,25 @@ from agent._local_cli import local
 from agent._service import AgentLimits
 from agent._sidecar import Sidecar
 from agent.backend import Backend, NotFound, open_backend
-from agent.control import ControlPlane, ControlPlaneConfig
+from agent.control import (
+    PERMISSIONS,
+    AuthConfig,
+    AuthConfigError,
+    ControlPlane,
+    ControlPlaneConfig,
+)
 from worker_sdk._address import Address
 from worker_sdk._errors import WorkerSdkError
 from worker_sdk._logging import configure as configure_logging
 from worker_sdk._runtime import (
     address_parameter,
     channel_options,
+    channel_tls,
     log_format_option,
     log_level_option,
+    pem_file,
+    server_tls,
+    tls_options,
 )
 from worker_sdk._runtime import run as run_loop
 
@@ -118,6 +128,7 @@ def _task_limit_options(
 @main.command()
 @_backend_option
 @channel_options("--worker", "--listen")
+@tls_options("AgentChannel")
 @click.option("--partition", default="", help="The partition whose tasks to take.")
 @click.option(
     "--concurrency",
@@ -174,6 +185,9 @@ def run(
     listen: str,
     worker_socket_type: str | None,
     agent_socket_type: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    worker_tls_ca: Path | None,
     partition: str,
     concurrency: int,
     health_port: int | None,
@@ -205,6 +219,8 @@ def run(
         backend_url=backend_url,
         worker_address=address_parameter(worker, worker_socket_type, "--worker"),
         listen_address=address_parameter(listen, agent_socket_type, "--listen"),
+        tls=server_tls(tls_cert, tls_key),
+        worker_tls=channel_tls(worker_tls_ca),
         partition_id=partition,
         concurrency=concurrency,
         health_port=health_port if health_port is not None else metrics_port,
@@ -261,6 +277,24 @@ async def _serve(config: AgentConfig, limits: AgentLimits) -> None:
     _CONTROL_PLANE_DEFAULTS.max_streams_per_client,
     "a stream past this many open at once from one client address",
 )
+@click.option(
+    "--tls-cert",
+    type=pem_file,
+    help="Serve over TLS with this certificate (PEM, with its chain); TCP only.",
+)
+@click.option("--tls-key", type=pem_file, help="The private key of --tls-cert (PEM).")
+@click.option(
+    "--tls-client-ca",
+    type=pem_file,
+    help="Require client certificates from this CA (PEM): their CN or a SAN "
+    "names the user.",
+)
+@click.option(
+    "--auth-config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Users' roles and roles' permissions (JSON, or YAML with PyYAML); "
+    "without it, every user has every permission.",
+)
 @log_format_option
 @log_level_option(at_info="At info, one line per session cancelled and refused call.")
 def control_plane(
@@ -272,6 +306,10 @@ def control_plane(
     max_data_dependencies: int,
     max_expected_outputs: int,
     max_streams_per_client: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    auth_config: Path | None,
     log_format: str,
     log_level: str,
 ) -> None:
@@ -279,6 +317,13 @@ def control_plane(
     from BACKEND until SIGTERM or SIGINT."""
     configure_logging(log_format, log_level.upper())
     address = address_parameter(listen, None, "--listen")
+    tls = server_tls(tls_cert, tls_key, tls_client_ca)
+    if auth_config is not None and tls_client_ca is None:
+        raise click.BadParameter(
+            "a permissions file needs client certificates to tell users apart: "
+            "give --tls-client-ca too",
+            param_hint="--auth-config",
+        )
     config = ControlPlaneConfig(
         data_chunk_max_size=chunk_size,
         max_payload_size=max_payload_size,
@@ -286,6 +331,8 @@ def control_plane(
         max_data_dependencies=max_data_dependencies,
         max_expected_outputs=max_expected_outputs,
         max_streams_per_client=max_streams_per_client,
+        tls=tls,
+        auth=_auth_config(auth_config),
     )
     # Fail fast on a bad URL or an unreadable state file, before the loop starts.
     asyncio.run(_open(backend_url).close())
@@ -293,6 +340,17 @@ def control_plane(
         run_loop(_serve_control_plane(backend_url, config, address))
     except (AgentError, WorkerSdkError) as error:
         raise click.ClickException(str(error)) from error
+
+
+def _auth_config(path: Path | None) -> AuthConfig | None:
+    if path is None:
+        return None
+    try:
+        config = AuthConfig.read(path)
+        config.check(PERMISSIONS)
+    except AuthConfigError as error:
+        raise click.BadParameter(str(error), param_hint="--auth-config") from error
+    return config
 
 
 async def _serve_control_plane(

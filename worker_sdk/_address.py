@@ -1,11 +1,29 @@
-"""Addresses of the worker and agent channels: unix sockets or TCP endpoints."""
+"""Addresses of the gRPC channels (unix sockets or TCP endpoints), and the TLS
+files that secure a TCP one."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-__all__ = ["DEFAULT_AGENT_ADDRESS", "DEFAULT_WORKER_ADDRESS", "Address"]
+import grpc
+
+from worker_sdk._errors import WorkerSdkError
+
+__all__ = [
+    "DEFAULT_AGENT_ADDRESS",
+    "DEFAULT_WORKER_ADDRESS",
+    "Address",
+    "ChannelTls",
+    "ServerTls",
+    "open_channel",
+    "plaintext_unix",
+]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_WORKER_ADDRESS = "/cache/armonik_worker.sock"
 DEFAULT_AGENT_ADDRESS = "/cache/armonik_agent.sock"
@@ -65,3 +83,91 @@ class Address:
 
     def __str__(self) -> str:
         return f"unix://{self.target}" if self.kind == "unix" else self.target
+
+
+# -- TLS of TCP channels -----------------------------------------------------------
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise WorkerSdkError(f"cannot read the TLS {what} {path}: {error}") from error
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerTls:
+    """The certificate (PEM, with its chain) and key a TCP server presents.
+
+    With ``client_ca``, the server also requires each client to present a
+    certificate that this CA signed: mutual TLS.
+    """
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Read the files; raises ``WorkerSdkError`` naming one that cannot be read."""
+        client_ca = self.client_ca
+        return grpc.ssl_server_credentials(
+            [(_read(self.key, "key"), _read(self.cert, "certificate"))],
+            root_certificates=None if client_ca is None else _read(client_ca, "CA"),
+            require_client_auth=client_ca is not None,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelTls:
+    """What a TLS channel trusts and, for mutual TLS, the certificate it presents.
+
+    ``ca`` is the CA that signed the server's certificate (PEM); None trusts the
+    system's roots. ``cert`` and ``key`` go together.
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError(
+                "a client certificate needs its key, and a key its certificate: "
+                "give both or neither"
+            )
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Read the files; raises ``WorkerSdkError`` naming one that cannot be read."""
+        ca, cert, key = self.ca, self.cert, self.key
+        return grpc.ssl_channel_credentials(
+            root_certificates=None if ca is None else _read(ca, "CA"),
+            private_key=None if key is None else _read(key, "key"),
+            certificate_chain=None if cert is None else _read(cert, "certificate"),
+        )
+
+
+def plaintext_unix(address: Address, tls: object | None) -> bool:
+    """True when TLS was asked for a unix socket, which stays plaintext: it is
+    owner-only, and a peer on it is the same user. Logged, since the files given
+    are then unused."""
+    if tls is None or address.kind != "unix":
+        return False
+    logger.warning("%s is a unix socket: it stays plaintext, TLS files unused", address)
+    return True
+
+
+def open_channel(
+    address: Address,
+    tls: ChannelTls | None,
+    options: Sequence[tuple[str, Any]],
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+) -> grpc.aio.Channel:
+    """A channel to ``address``, over TLS when ``tls`` is given and it is TCP."""
+    target = address.grpc_target
+    if tls is None or plaintext_unix(address, tls):
+        return grpc.aio.insecure_channel(
+            target, options=options, interceptors=interceptors
+        )
+    return grpc.aio.secure_channel(
+        target, tls.credentials(), options=options, interceptors=interceptors
+    )

@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, Literal, Protocol, TypeVar
 
-import grpc
-
 from gridpod_api import agent_common_pb2, agent_service_pb2_grpc, objects_pb2
+from worker_sdk._address import Address, ChannelTls, open_channel
 from worker_sdk._data import DEFAULT_SPILL_THRESHOLD, DataSink, iter_chunks
 from worker_sdk._errors import (
     AgentError,
@@ -133,15 +132,20 @@ def created_tasks(
 
 
 class AgentClient:
-    """``AgentPort`` over a gRPC channel to the agent of the pod."""
+    """``AgentPort`` over a gRPC channel to the agent of the pod, at ``address``
+    (an ``Address``, or its text); over TLS when ``tls`` is given and it is TCP."""
 
     def __init__(
         self,
-        target: str,
+        address: Address | str,
         spill_threshold: int = DEFAULT_SPILL_THRESHOLD,
         spill_dir: str | None = None,
+        *,
+        tls: ChannelTls | None = None,
     ) -> None:
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        if isinstance(address, str):
+            address = Address.parse(address)
+        self._channel = open_channel(address, tls, CHANNEL_OPTIONS)
         self._stub = agent_service_pb2_grpc.AgentStub(self._channel)
         self._spill = (spill_threshold, spill_dir)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import signal
+from pathlib import Path
 
 import click
 from prometheus_client import start_http_server
@@ -16,9 +17,12 @@ from worker_sdk._handler import TaskHandler
 from worker_sdk._runtime import (
     address_parameter,
     channel_options,
+    channel_tls,
     log_format_option,
     log_level_option,
     run,
+    server_tls,
+    tls_options,
 )
 from worker_sdk._server import WorkerConfig, WorkerServer
 
@@ -54,6 +58,7 @@ async def _serve(handler: TaskHandler, config: WorkerConfig) -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("handler")
 @channel_options("--address", "--agent")
+@tls_options("WorkerChannel")
 @log_format_option
 @log_level_option(at_info="At info, one line per task.")
 @click.option(
@@ -80,6 +85,9 @@ def main(
     agent: str,
     worker_socket_type: str | None,
     agent_socket_type: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    agent_tls_ca: Path | None,
     log_format: str,
     log_level: str,
     metrics_port: int | None,
@@ -92,6 +100,8 @@ def main(
     config = WorkerConfig(
         address=address_parameter(address, worker_socket_type, "--address"),
         agent_address=address_parameter(agent, agent_socket_type, "--agent"),
+        tls=server_tls(tls_cert, tls_key),
+        agent_tls=channel_tls(agent_tls_ca),
         kernel_threads=kernel_threads,
         spill_threshold=spill_threshold,
         spill_dir=spill_dir,

@@ -1,5 +1,5 @@
-"""Starting a grpc.aio server: owner-only unix sockets, and INVALID_ARGUMENT for a
-request message whose bytes do not parse."""
+"""Starting a grpc.aio server: owner-only unix sockets, TLS on TCP, and
+INVALID_ARGUMENT for a request message whose bytes do not parse."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 from google.protobuf.message import DecodeError
 
-from worker_sdk._address import Address
+from worker_sdk._address import Address, ServerTls, plaintext_unix
 from worker_sdk._errors import WorkerSdkError
 
-__all__ = ["listen", "new_server", "prepare_socket_path"]
+__all__ = ["checked_handler", "listen", "new_server", "prepare_socket_path"]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 if TYPE_CHECKING:
@@ -33,23 +33,41 @@ _FACTORIES = {
 }
 
 
-def new_server(options: Sequence[tuple[str, Any]]) -> grpc.aio.Server:
+def new_server(
+    options: Sequence[tuple[str, Any]],
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> grpc.aio.Server:
     """A grpc.aio server whose services never see a request that does not parse.
 
     gRPC would answer one with UNKNOWN, as if the server had failed; the caller
-    gets INVALID_ARGUMENT instead, naming the method.
+    gets INVALID_ARGUMENT instead, naming the method. ``interceptors`` come first:
+    a call they refuse is refused before its request is looked at.
     """
-    return grpc.aio.server(options=options, interceptors=[_RefuseUnparsable()])
+    return grpc.aio.server(
+        options=options, interceptors=[*interceptors, _RefuseUnparsable()]
+    )
 
 
-async def listen(server: grpc.aio.Server, address: Address) -> int:
-    """Bind ``server`` to ``address`` and start it; returns the bound TCP port."""
+async def listen(
+    server: grpc.aio.Server, address: Address, tls: ServerTls | None = None
+) -> int:
+    """Bind ``server`` to ``address`` and start it; returns the bound TCP port.
+
+    A TCP address is served over TLS when ``tls`` is given; a unix socket is
+    always plaintext (owner-only, its peers are the same user).
+    """
     if address.kind == "unix":
         prepare_socket_path(address.target)
+    credentials = None
+    if tls is not None and not plaintext_unix(address, tls):
+        credentials = tls.credentials()
     # Owner-only from the moment the socket file exists: no window with wider modes.
     previous_umask = os.umask(0o077)
     try:
-        port = server.add_insecure_port(address.grpc_target)
+        if credentials is None:
+            port = server.add_insecure_port(address.grpc_target)
+        else:
+            port = server.add_secure_port(address.grpc_target, credentials)
         await server.start()
     finally:
         os.umask(previous_umask)
@@ -191,5 +209,43 @@ def _guard(handler: _Handler, method: str) -> _Handler:
     return factory(
         _guarded(behavior, method, handler.request_streaming),
         request_deserializer=_lenient(handler.request_deserializer),  # type: ignore[arg-type]
+        response_serializer=handler.response_serializer,
+    )
+
+
+# -- checks before a call ----------------------------------------------------------
+
+
+def checked_handler(
+    handler: _Handler, check: Callable[[_Context], Awaitable[None]]
+) -> _Handler:
+    """The handler, awaiting ``check(context)`` before anything else of the call;
+    ``check`` refuses the call by aborting it.
+
+    Raises ``TypeError`` for a plain function (which would run on gRPC's thread
+    pool, where the check cannot be awaited): no call may get past the check.
+    """
+    kind, factory = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
+    behavior = getattr(handler, kind)
+    if inspect.isasyncgenfunction(behavior):
+
+        async def replies(request: Any, context: _Context) -> AsyncIterator[Any]:
+            await check(context)
+            async for reply in behavior(request, context):
+                yield reply
+
+        checked: _Behavior = replies
+    elif inspect.iscoroutinefunction(behavior):
+
+        async def reply(request: Any, context: _Context) -> Any:
+            await check(context)
+            return await behavior(request, context)
+
+        checked = reply
+    else:
+        raise TypeError(f"{behavior!r} is not async: its calls cannot be checked")
+    return factory(
+        checked,
+        request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )

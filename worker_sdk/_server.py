@@ -14,7 +14,13 @@ import grpc
 
 from gridpod_api import objects_pb2, worker_common_pb2, worker_service_pb2_grpc
 from worker_sdk import _metrics
-from worker_sdk._address import DEFAULT_AGENT_ADDRESS, DEFAULT_WORKER_ADDRESS, Address
+from worker_sdk._address import (
+    DEFAULT_AGENT_ADDRESS,
+    DEFAULT_WORKER_ADDRESS,
+    Address,
+    ChannelTls,
+    ServerTls,
+)
 from worker_sdk._agent import CHANNEL_OPTIONS, AgentClient, AgentPort
 from worker_sdk._data import DEFAULT_CHUNK_SIZE, DEFAULT_SPILL_THRESHOLD
 from worker_sdk._errors import ProtocolError
@@ -46,6 +52,10 @@ class WorkerConfig:
     agent_address: Address = field(
         default_factory=lambda: Address.parse(DEFAULT_AGENT_ADDRESS)
     )
+    # TLS of the Worker service, and what the channel to the agent trusts; used
+    # on TCP only (unix sockets stay plaintext). None: plaintext.
+    tls: ServerTls | None = None
+    agent_tls: ChannelTls | None = None
     # Threads that run plain (non-async) kernels and hooks.
     kernel_threads: int = 8
     spill_threshold: int = DEFAULT_SPILL_THRESHOLD
@@ -88,9 +98,10 @@ class WorkerServer(worker_service_pb2_grpc.WorkerServicer):
         )
         self._agent_client = (
             AgentClient(
-                self.config.agent_address.grpc_target,
+                self.config.agent_address,
                 self.config.spill_threshold,
                 self.config.spill_dir,
+                tls=self.config.agent_tls,
             )
             if agent is None
             else None
@@ -116,7 +127,7 @@ class WorkerServer(worker_service_pb2_grpc.WorkerServicer):
         server = new_server(CHANNEL_OPTIONS)
         worker_service_pb2_grpc.add_WorkerServicer_to_server(self, server)
         address = self.config.address
-        self.port = await listen(server, address)
+        self.port = await listen(server, address, self.config.tls)
         self._server = server
         logger.info(
             "worker listening on %s, agent at %s", address, self.config.agent_address

@@ -1,42 +1,31 @@
-"""The Authentication service of a control plane that authenticates no one."""
+"""The Authentication service: who the caller is, with its roles and permissions."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from google.protobuf.descriptor import ServiceDescriptor
-
-from agent.control._requests import Context
+from agent.control._access import Access
+from agent.control._requests import Context, refusing
 from gridpod_api import auth_common_pb2, auth_service_pb2_grpc
 
-__all__ = ["AuthenticationService", "permissions"]
-
-_ANONYMOUS = "Anonymous"
-
-# Not a method: the right to act as another user, which ArmoniK also grants.
-_IMPERSONATE = "General:Impersonate"
-
-
-def permissions(services: Iterable[ServiceDescriptor]) -> list[str]:
-    """ArmoniK's name of the right to call each method: ``Service:Method``."""
-    names = [
-        f"{service.name}:{method.name}"
-        for service in services
-        for method in service.methods
-    ]
-    return [*names, _IMPERSONATE]
+__all__ = ["AuthenticationService"]
 
 
 class AuthenticationService(auth_service_pb2_grpc.AuthenticationServicer):
-    """Every caller is the anonymous user, with no role and every permission, as
-    ArmoniK answers when its authentication is disabled."""
+    """The caller as ``access`` identifies it: without authentication, the
+    anonymous user with no role and every permission, as ArmoniK answers when its
+    authentication is disabled."""
 
-    def __init__(self, granted: Iterable[str]) -> None:
-        self._user = auth_common_pb2.User(
-            username=_ANONYMOUS, roles=[], permissions=list(granted)
-        )
+    def __init__(self, access: Access) -> None:
+        self._access = access
 
+    @refusing
     async def GetCurrentUser(
         self, request: auth_common_pb2.GetCurrentUserRequest, context: Context
     ) -> auth_common_pb2.GetCurrentUserResponse:
-        return auth_common_pb2.GetCurrentUserResponse(user=self._user)
+        caller = self._access.identified(context)
+        return auth_common_pb2.GetCurrentUserResponse(
+            user=auth_common_pb2.User(
+                username=caller.name,
+                roles=caller.roles,
+                permissions=caller.permissions,
+            )
+        )

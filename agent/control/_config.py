@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.control._policy import AuthConfig
+from worker_sdk._address import ServerTls
+
 __all__ = ["ControlPlaneConfig"]
 
 
@@ -37,8 +40,26 @@ class ControlPlaneConfig:
     max_data_dependencies: int = 10_000
     max_expected_outputs: int = 10_000
     max_streams_per_client: int = 256
+    # TLS of a TCP listener; None serves plaintext. A ``client_ca`` turns
+    # authentication on: every client presents a certificate from that CA, whose
+    # subject CN or a SAN names the user.
+    tls: ServerTls | None = None
+    # The roles of each user and the permissions of each role, with
+    # authentication on; None grants every user a certificate names every
+    # permission.
+    auth: AuthConfig | None = None
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether clients are users named by their certificates."""
+        return self.tls is not None and self.tls.client_ca is not None
 
     def __post_init__(self) -> None:
+        if self.auth is not None and not self.authenticates:
+            raise ValueError(
+                "a permissions file needs client certificates to tell users "
+                "apart: give TLS a client CA too"
+            )
         if self.data_chunk_max_size < 1:
             raise ValueError(
                 f"data_chunk_max_size must be positive, not {self.data_chunk_max_size}"

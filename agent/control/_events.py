@@ -26,10 +26,12 @@ from agent.backend import (
     TaskStatus,
     Topic,
 )
+from agent.control._access import Access
 from agent.control._config import ControlPlaneConfig
 from agent.control._limits import OpenStreams
 from agent.control._requests import Context, required_id
 from agent.control._status import RequestRefused, abort, backend_errors
+from agent.control._visibility import Scope
 from gridpod_api import (
     events_common_pb2,
     events_service_pb2_grpc,
@@ -127,17 +129,20 @@ def response(event: Event) -> _Response:
 
 
 class EventsService(events_service_pb2_grpc.EventsServicer):
-    """Streams every event of a session until the client cancels or ``close()``."""
+    """Streams every event of a session until the client cancels or ``close()``;
+    a caller follows only the sessions it sees."""
 
     def __init__(
         self,
         backend: Backend,
         config: ControlPlaneConfig,
         streams: OpenStreams | None = None,
+        access: Access | None = None,
     ) -> None:
         self._backend = backend
         self._config = config
         self._streams = streams or OpenStreams(config)
+        self._access = access or Access()
         self._closing = asyncio.Event()
 
     def close(self) -> None:
@@ -160,7 +165,7 @@ class EventsService(events_service_pb2_grpc.EventsServicer):
     ) -> AsyncIterator[_Response]:
         with self._backend.subscribe(Topic.ANY) as subscription:
             try:
-                session_id, after = await self._start(request)
+                session_id, after = await self._start(request, context)
             except RequestRefused as refused:
                 await abort(context, refused)
             await context.send_initial_metadata(())
@@ -183,13 +188,14 @@ class EventsService(events_service_pb2_grpc.EventsServicer):
                 )
 
     async def _start(
-        self, request: events_common_pb2.EventSubscriptionRequest
+        self, request: events_common_pb2.EventSubscriptionRequest, context: Context
     ) -> tuple[str, int]:
         """The session to follow and the newest event before the subscription."""
         session_id = required_id(request.session_id, "session_id")
+        scope = Scope(self._backend, self._access.identified(context))
         with backend_errors():
             after = await self._backend.last_event(session_id)
-            await self._backend.get_session(session_id)
+            await scope.session(session_id)
         return session_id, after
 
     async def _follow(

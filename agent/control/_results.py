@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from agent.backend import Backend, ResultQuery, ResultStatus
 from agent.backend._queries import ResultSort
+from agent.control._access import Access
 from agent.control._config import ControlPlaneConfig
 from agent.control._convert import result_raw
 from agent.control._requests import (
@@ -19,6 +20,7 @@ from agent.control._requests import (
     time_bound,
     window,
 )
+from agent.control._visibility import Scope
 from gridpod_api import result_status_pb2, results_common_pb2, results_service_pb2_grpc
 
 __all__ = ["ResultsService"]
@@ -66,11 +68,20 @@ def _query(request: _Request, max_page_size: int) -> ResultQuery | None:
 class ResultsService(results_service_pb2_grpc.ResultsServicer):
     """Results as the backend stores them (a result's name is its key); listings
     page and sort as the Sessions service's, by creation date when no sort is
-    given."""
+    given. A caller sees only the results of the sessions it sees."""
 
-    def __init__(self, backend: Backend, config: ControlPlaneConfig) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        config: ControlPlaneConfig,
+        access: Access | None = None,
+    ) -> None:
         self._backend = backend
         self._config = config
+        self._access = access or Access()
+
+    def _scope(self, context: Context) -> Scope:
+        return Scope(self._backend, self._access.identified(context))
 
     @refusing
     async def ListResults(
@@ -80,6 +91,8 @@ class ResultsService(results_service_pb2_grpc.ResultsServicer):
         response = results_common_pb2.ListResultsResponse(
             page=request.page, page_size=request.page_size
         )
+        if query is not None:
+            query = await self._scope(context).results(query)
         if query is None:
             return response
         found = await self._backend.list_results(query)
@@ -93,7 +106,7 @@ class ResultsService(results_service_pb2_grpc.ResultsServicer):
     ) -> results_common_pb2.GetOwnerTaskIdResponse:
         session_id = required_id(request.session_id, "session_id")
         # Raises NotFound for an unknown session, which a listing would not.
-        await self._backend.get_session(session_id)
+        await self._scope(context).session(session_id)
         owners = await self._owners(session_id, request.result_id)
         return results_common_pb2.GetOwnerTaskIdResponse(
             session_id=session_id,

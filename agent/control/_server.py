@@ -1,5 +1,6 @@
 """The control plane's gRPC server: ArmoniK's client services over one backend,
-with standard health checking and server reflection."""
+with standard health checking and server reflection, over TLS and with each
+call's permission checked when configured so."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ from grpc_reflection.v1alpha import reflection
 
 from agent._errors import AgentError
 from agent.backend import Backend
+from agent.control._access import Access
 from agent.control._applications import ApplicationsService
-from agent.control._auth import AuthenticationService, permissions
+from agent.control._auth import AuthenticationService
 from agent.control._config import ControlPlaneConfig
 from agent.control._events import EventsService
 from agent.control._limits import OpenStreams
+from agent.control._policy import permissions
 from agent.control._results import ResultsService
 from agent.control._sessions import SessionsService
 from agent.control._submitter import SubmitterService
@@ -49,7 +52,7 @@ from worker_sdk._address import Address
 from worker_sdk._agent import CHANNEL_OPTIONS
 from worker_sdk._listen import listen, new_server
 
-__all__ = ["SERVED_SERVICES", "ControlPlane"]
+__all__ = ["PERMISSIONS", "SERVED_SERVICES", "ControlPlane"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,26 +111,40 @@ _ALL = (
 # Full names of the API's services a control plane serves, as health checking and
 # reflection name them.
 SERVED_SERVICES = tuple(service.descriptor.full_name for service in _ALL)
+# Every permission, in ArmoniK's names: what the anonymous user has.
+PERMISSIONS = tuple(permissions(service.descriptor for service in _ALL))
 
 
 class ControlPlane:
     """Serves the grid's clients from ``backend`` on ``listen`` until ``stop``.
 
     Started once and stopped once. The backend stays the caller's: stopping does
-    not close it.
+    not close it. Raises ``AgentError`` for authentication on a unix socket, where
+    no certificate names the caller, and ``AuthConfigError`` for a permissions
+    file that grants a permission that does not exist.
     """
 
     def __init__(
         self, backend: Backend, config: ControlPlaneConfig, listen: Address
     ) -> None:
+        if config.authenticates and listen.kind == "unix":
+            raise AgentError(
+                f"cannot authenticate clients on {listen}: a unix socket has no "
+                f"TLS, so no certificate names them; listen on host:port"
+            )
         self._backend = backend
         self._config = config
         self._listen = listen
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        self._access = Access(
+            (service.descriptor for service in _ALL),
+            authenticate=config.authenticates,
+            config=config.auth,
+        )
         # One count of each client's open streams, whichever service they call.
         self._streams = OpenStreams(config)
-        self._events = EventsService(backend, config, self._streams)
+        self._events = EventsService(backend, config, self._streams, self._access)
         self._port = 0
 
     @property
@@ -145,16 +162,15 @@ class ControlPlane:
         return Address("tcp", f"{host}:{self._port}")
 
     def _servicers(self) -> list[tuple[_Service, object]]:
-        backend, config = self._backend, self._config
-        granted = permissions(service.descriptor for service in _ALL)
+        backend, config, access = self._backend, self._config, self._access
         return [
-            (_SUBMITTER, SubmitterService(backend, config, self._streams)),
-            (_SESSIONS, SessionsService(backend, config)),
-            (_TASKS, TasksService(backend, config)),
-            (_RESULTS, ResultsService(backend, config)),
+            (_SUBMITTER, SubmitterService(backend, config, self._streams, access)),
+            (_SESSIONS, SessionsService(backend, config, access)),
+            (_TASKS, TasksService(backend, config, access)),
+            (_RESULTS, ResultsService(backend, config, access)),
             (_APPLICATIONS, ApplicationsService(backend, config)),
             (_EVENTS, self._events),
-            (_AUTHENTICATION, AuthenticationService(granted)),
+            (_AUTHENTICATION, AuthenticationService(access)),
         ]
 
     async def _add_health_and_reflection(self, server: grpc.aio.Server) -> None:
@@ -167,23 +183,34 @@ class ControlPlane:
         )
 
     async def start(self) -> None:
-        """Listen and serve; raises ``AgentError`` if the address cannot be bound."""
-        server = new_server(_SERVER_OPTIONS)
+        """Listen and serve; raises ``AgentError`` if the address cannot be bound
+        and ``WorkerSdkError`` if a TLS file cannot be read."""
+        # Without authentication, no check: every caller may make every call.
+        checks = [self._access.interceptor()] if self._access.authenticates else []
+        server = new_server(_SERVER_OPTIONS, checks)
         for service, servicer in self._servicers():
             service.add_to_server(servicer, server)
         await self._add_health_and_reflection(server)
         try:
-            port = await listen(server, self._listen)
+            port = await listen(server, self._listen, self._config.tls)
         except RuntimeError as error:
             raise AgentError(f"cannot listen on {self._listen}: {error}") from error
         # gRPC answers 1 for a unix socket, which has no port.
         self._port = port if self._listen.kind == "tcp" else 0
         self._server = server
         logger.info(
-            "control plane serving on %s",
+            "control plane serving on %s%s",
             self.bound_address,
+            self._security(),
             extra={"address": str(self.bound_address)},
         )
+
+    def _security(self) -> str:
+        if self._config.tls is None or self._listen.kind == "unix":
+            return ""
+        if not self._access.authenticates:
+            return " over TLS"
+        return " over mutual TLS, checking each call's permission"
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, end the event streams, and give the calls still

@@ -6,6 +6,7 @@ import logging
 
 from agent.backend import Backend, SessionQuery, SessionStatus
 from agent.backend._queries import SessionSort
+from agent.control._access import Access
 from agent.control._config import ControlPlaneConfig
 from agent.control._convert import session_raw, session_summary
 from agent.control._requests import (
@@ -18,6 +19,7 @@ from agent.control._requests import (
     time_bound,
     window,
 )
+from agent.control._visibility import Scope
 from gridpod_api import (
     session_status_pb2,
     sessions_common_pb2,
@@ -74,12 +76,22 @@ class SessionsService(sessions_service_pb2_grpc.SessionsServicer):
     past the end is empty, and every page tells the total. A listing that sends no
     filter lists everything; one that sends no sort is sorted by creation date,
     oldest first: an unspecified field is the creation date, an unspecified
-    direction ascending. Enum values the API does not define are refused.
+    direction ascending. Enum values the API does not define are refused. A caller
+    sees only its own sessions, unless it may see every one.
     """
 
-    def __init__(self, backend: Backend, config: ControlPlaneConfig) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        config: ControlPlaneConfig,
+        access: Access | None = None,
+    ) -> None:
         self._backend = backend
         self._config = config
+        self._access = access or Access()
+
+    def _scope(self, context: Context) -> Scope:
+        return Scope(self._backend, self._access.identified(context))
 
     @refusing
     async def ListSessions(
@@ -91,7 +103,7 @@ class SessionsService(sessions_service_pb2_grpc.SessionsServicer):
         )
         if query is None:
             return response
-        found = await self._backend.list_sessions(query)
+        found = await self._backend.list_sessions(self._scope(context).sessions(query))
         response.total = found.total
         response.sessions.extend(
             session_summary(record, with_task_options=request.with_task_options)
@@ -104,7 +116,7 @@ class SessionsService(sessions_service_pb2_grpc.SessionsServicer):
         self, request: sessions_common_pb2.GetSessionRequest, context: Context
     ) -> sessions_common_pb2.GetSessionResponse:
         session_id = required_id(request.session_id, "session_id")
-        record = await self._backend.get_session(session_id)
+        record = await self._scope(context).session(session_id)
         return sessions_common_pb2.GetSessionResponse(session=session_raw(record))
 
     @refusing
@@ -112,6 +124,7 @@ class SessionsService(sessions_service_pb2_grpc.SessionsServicer):
         self, request: sessions_common_pb2.CancelSessionRequest, context: Context
     ) -> sessions_common_pb2.CancelSessionResponse:
         session_id = required_id(request.session_id, "session_id")
+        await self._scope(context).require(session_id)
         record = await self._backend.cancel_session(session_id)
         logger.info(
             "session %s cancelled", session_id, extra={"session_id": session_id}

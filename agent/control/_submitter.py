@@ -39,6 +39,7 @@ from agent.backend import (
     TaskRefusal,
     TaskStatus,
 )
+from agent.control._access import Access
 from agent.control._config import ControlPlaneConfig
 from agent.control._large_tasks import LargeTaskStream, store_payloads
 from agent.control._limits import (
@@ -48,6 +49,7 @@ from agent.control._limits import (
     check_task_keys,
 )
 from agent.control._status import RequestRefused, abort, backend_errors, invalid
+from agent.control._visibility import Scope
 from agent.control._watch import CompletionWait, wait_until, watch_results
 from gridpod_api import (
     objects_pb2,
@@ -99,18 +101,27 @@ async def _answer_stream(
 
 
 class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
-    """Sessions, tasks and results of the grid for its clients, over the backend."""
+    """Sessions, tasks and results of the grid for its clients, over the backend.
+
+    A caller sees only its own sessions, with their tasks and results, unless it
+    may see every one: the others' answer NOT_FOUND, as ids that do not exist.
+    """
 
     def __init__(
         self,
         backend: Backend,
         config: ControlPlaneConfig,
         streams: OpenStreams | None = None,
+        access: Access | None = None,
     ) -> None:
         self._backend = backend
         self._config = config
         # Shared with the other services of the control plane that stream.
         self._streams = streams or OpenStreams(config)
+        self._access = access or Access()
+
+    def _scope(self, context: _Context) -> Scope:
+        return Scope(self._backend, self._access.identified(context))
 
     # -- sessions -------------------------------------------------------------------
 
@@ -124,20 +135,26 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
     async def CreateSession(
         self, request: _Common.CreateSessionRequest, context: _Context
     ) -> _Common.CreateSessionReply:
-        return await _answer("CreateSession", context, self._create_session(request))
+        return await _answer(
+            "CreateSession", context, self._create_session(request, context)
+        )
 
     async def CancelSession(
         self, request: objects_pb2.Session, context: _Context
     ) -> objects_pb2.Empty:
-        return await _answer("CancelSession", context, self._cancel_session(request))
+        return await _answer(
+            "CancelSession", context, self._cancel_session(request, context)
+        )
 
     async def ListSessions(
         self, request: _Common.SessionFilter, context: _Context
     ) -> _Common.SessionIdList:
-        return await _answer("ListSessions", context, self._list_sessions(request))
+        return await _answer(
+            "ListSessions", context, self._list_sessions(request, context)
+        )
 
     async def _create_session(
-        self, request: _Common.CreateSessionRequest
+        self, request: _Common.CreateSessionRequest, context: _Context
     ) -> _Common.CreateSessionReply:
         if not request.HasField("default_task_option"):
             invalid(
@@ -148,7 +165,8 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         _check_options(options, "default_task_option")
         partitions = tuple(request.partition_ids)
         _check_partitions(options, partitions)
-        session = await self._backend.create_session(options, partitions)
+        owner = self._scope(context).owner
+        session = await self._backend.create_session(options, partitions, owner=owner)
         logger.info(
             "created session %s",
             session.session_id,
@@ -156,8 +174,11 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         )
         return _Common.CreateSessionReply(session_id=session.session_id)
 
-    async def _cancel_session(self, request: objects_pb2.Session) -> objects_pb2.Empty:
+    async def _cancel_session(
+        self, request: objects_pb2.Session, context: _Context
+    ) -> objects_pb2.Empty:
         session_id = _required(request.id, "Session.id")
+        await self._scope(context).require(session_id)
         await self._backend.cancel_session(session_id)
         logger.info(
             "cancelled session %s", session_id, extra={"session_id": session_id}
@@ -165,17 +186,17 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         return objects_pb2.Empty()
 
     async def _list_sessions(
-        self, request: _Common.SessionFilter
+        self, request: _Common.SessionFilter, context: _Context
     ) -> _Common.SessionIdList:
         query = _session_query(request)
         if query is None:
             return _Common.SessionIdList()
-        page = await self._backend.list_sessions(query)
+        page = await self._backend.list_sessions(self._scope(context).sessions(query))
         return _Common.SessionIdList(session_ids=[s.session_id for s in page.items])
 
-    async def _running_session(self, session_id: str) -> None:
+    async def _running_session(self, scope: Scope, session_id: str) -> None:
         """Refuse a session that cannot take tasks before any payload is stored."""
-        session = await self._backend.get_session(session_id)
+        session = await scope.session(session_id)
         if session.status == SessionStatus.CANCELLED:
             raise SessionCancelled(
                 f"session {session_id} is cancelled: it takes no new tasks"
@@ -187,7 +208,7 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         self, request: _Common.CreateSmallTaskRequest, context: _Context
     ) -> _Reply:
         return await _answer(
-            "CreateSmallTasks", context, self._create_small_tasks(request)
+            "CreateSmallTasks", context, self._create_small_tasks(request, context)
         )
 
     async def CreateLargeTasks(
@@ -202,7 +223,7 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         )
 
     async def _create_small_tasks(
-        self, request: _Common.CreateSmallTaskRequest
+        self, request: _Common.CreateSmallTaskRequest, context: _Context
     ) -> _Reply:
         session_id = _required(request.session_id, "CreateSmallTaskRequest.session_id")
         if not request.task_requests:
@@ -212,6 +233,8 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         # The payloads are here already: no session check before storing them
         # (submit_tasks refuses an unknown or cancelled session, and the payloads
         # are then deleted), which spares the common case a call to the backend.
+        # Another user's session is refused before, as one that does not exist.
+        await self._scope(context).require(session_id)
         payloads = await store_payloads(
             self._backend,
             [[task.payload] for task in request.task_requests],
@@ -248,7 +271,7 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
             options = _given_options(init, "task_options")
             # Checked before the payloads stream in, so that a client of an unknown
             # or cancelled session does not upload them for nothing.
-            await self._running_session(session_id)
+            await self._running_session(self._scope(context), session_id)
             tasks = await stream.tasks(self._backend, session_id)
             return await self._submit(session_id, tasks, options)
 
@@ -285,54 +308,68 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
     async def ListTasks(
         self, request: _Common.TaskFilter, context: _Context
     ) -> objects_pb2.TaskIdList:
-        return await _answer("ListTasks", context, self._list_tasks(request))
+        return await _answer("ListTasks", context, self._list_tasks(request, context))
 
     async def CountTasks(
         self, request: _Common.TaskFilter, context: _Context
     ) -> objects_pb2.Count:
-        return await _answer("CountTasks", context, self._count_tasks(request))
+        return await _answer("CountTasks", context, self._count_tasks(request, context))
 
     async def GetTaskStatus(
         self, request: _Common.GetTaskStatusRequest, context: _Context
     ) -> _Common.GetTaskStatusReply:
-        return await _answer("GetTaskStatus", context, self._task_statuses(request))
+        return await _answer(
+            "GetTaskStatus", context, self._task_statuses(request, context)
+        )
 
     async def TryGetTaskOutput(
         self, request: objects_pb2.TaskOutputRequest, context: _Context
     ) -> objects_pb2.Output:
-        return await _answer("TryGetTaskOutput", context, self._task_output(request))
+        return await _answer(
+            "TryGetTaskOutput", context, self._task_output(request, context)
+        )
 
     async def CancelTasks(
         self, request: _Common.TaskFilter, context: _Context
     ) -> objects_pb2.Empty:
-        return await _answer("CancelTasks", context, self._cancel_tasks(request))
+        return await _answer(
+            "CancelTasks", context, self._cancel_tasks(request, context)
+        )
 
     async def WaitForCompletion(
         self, request: _Common.WaitRequest, context: _Context
     ) -> objects_pb2.Count:
         return await _answer(
-            "WaitForCompletion", context, self._wait_for_completion(request)
+            "WaitForCompletion", context, self._wait_for_completion(request, context)
         )
 
     async def _list_tasks(
-        self, task_filter: _Common.TaskFilter
+        self, task_filter: _Common.TaskFilter, context: _Context
     ) -> objects_pb2.TaskIdList:
-        query = _task_query(task_filter)
+        query = await self._scoped(context, _task_query(task_filter))
         if query is None:
             return objects_pb2.TaskIdList()
         page = await self._backend.list_tasks(query)
         return objects_pb2.TaskIdList(task_ids=[t.task_id for t in page.items])
 
-    async def _count_tasks(self, task_filter: _Common.TaskFilter) -> objects_pb2.Count:
-        query = _task_query(task_filter)
+    async def _count_tasks(
+        self, task_filter: _Common.TaskFilter, context: _Context
+    ) -> objects_pb2.Count:
+        query = await self._scoped(context, _task_query(task_filter))
         if query is None:
             return objects_pb2.Count()
         return _count(await self._backend.count_tasks(query))
 
+    async def _scoped(
+        self, context: _Context, query: TaskQuery | None
+    ) -> TaskQuery | None:
+        """The query kept to the sessions the caller sees; None selects nothing."""
+        return None if query is None else await self._scope(context).tasks(query)
+
     async def _task_statuses(
-        self, request: _Common.GetTaskStatusRequest
+        self, request: _Common.GetTaskStatusRequest, context: _Context
     ) -> _Common.GetTaskStatusReply:
-        tasks = await self._known_tasks(request.task_ids)
+        tasks = await self._known_tasks(self._scope(context), request.task_ids)
         IdStatus = _Common.GetTaskStatusReply.IdStatus
         return _Common.GetTaskStatusReply(
             id_statuses=[
@@ -341,13 +378,17 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
             ]
         )
 
-    async def _known_tasks(self, task_ids: Iterable[str]) -> dict[str, TaskRecord]:
-        """The records of the tasks; NOT_FOUND naming those that do not exist."""
+    async def _known_tasks(
+        self, scope: Scope, task_ids: Iterable[str]
+    ) -> dict[str, TaskRecord]:
+        """The records of the tasks; NOT_FOUND naming those that do not exist, or
+        that the caller does not see."""
         wanted = list(dict.fromkeys(task_ids))
         if not wanted:
             return {}
-        page = await self._backend.list_tasks(TaskQuery(task_ids=wanted))
-        tasks = {task.task_id: task for task in page.items}
+        query = await scope.tasks(TaskQuery(task_ids=wanted))
+        found = [] if query is None else (await self._backend.list_tasks(query)).items
+        tasks = {task.task_id: task for task in found}
         missing = [task_id for task_id in wanted if task_id not in tasks]
         if missing:
             raise RequestRefused(
@@ -356,7 +397,7 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         return tasks
 
     async def _task_output(
-        self, request: objects_pb2.TaskOutputRequest
+        self, request: objects_pb2.TaskOutputRequest, context: _Context
     ) -> objects_pb2.Output:
         """ok for a COMPLETED task; otherwise error, whose details say why.
 
@@ -365,7 +406,7 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         asking GetTaskStatus. The session, when given, must be the task's.
         """
         task_id = _required(request.task_id, "TaskOutputRequest.task_id")
-        task = await self._backend.get_task(task_id)
+        task = await self._scope(context).task(task_id)
         if request.session and request.session != task.session_id:
             raise RequestRefused(
                 grpc.StatusCode.NOT_FOUND,
@@ -379,7 +420,10 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
             details = f"task {task_id} is not finished: it is {task.status.name}"
         return objects_pb2.Output(error=objects_pb2.Output.Error(details=details))
 
-    async def _cancel_tasks(self, task_filter: _Common.TaskFilter) -> objects_pb2.Empty:
+    async def _cancel_tasks(
+        self, task_filter: _Common.TaskFilter, context: _Context
+    ) -> objects_pb2.Empty:
+        scope = self._scope(context)
         kind = task_filter.WhichOneof("ids")
         if kind is None or not getattr(task_filter, kind).ids:
             invalid(
@@ -388,10 +432,12 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
             )
         if kind == "session":
             for session_id in task_filter.session.ids:
-                await self._backend.get_session(session_id)
+                await scope.session(session_id)
         else:
-            await self._known_tasks(task_filter.task.ids)
+            await self._known_tasks(scope, task_filter.task.ids)
         query = _task_query(task_filter)
+        if query is not None:
+            query = await scope.tasks(query)
         if query is None:
             return objects_pb2.Empty()
         query = replace(query, excluded_statuses=(*query.excluded_statuses, *_FINAL))
@@ -404,9 +450,9 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         return objects_pb2.Empty()
 
     async def _wait_for_completion(
-        self, request: _Common.WaitRequest
+        self, request: _Common.WaitRequest, context: _Context
     ) -> objects_pb2.Count:
-        query = _task_query(request.filter)
+        query = await self._scoped(context, _task_query(request.filter))
         if query is None:
             return objects_pb2.Count()
         wait = CompletionWait(self._backend, query, request)
@@ -417,12 +463,14 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
     async def GetResultStatus(
         self, request: _Common.GetResultStatusRequest, context: _Context
     ) -> _Common.GetResultStatusReply:
-        return await _answer("GetResultStatus", context, self._result_statuses(request))
+        return await _answer(
+            "GetResultStatus", context, self._result_statuses(request, context)
+        )
 
     async def TryGetResultStream(
         self, request: objects_pb2.ResultRequest, context: _Context
     ) -> AsyncIterator[_Common.ResultReply]:
-        replies = self._while_held(context, self._result_stream(request))
+        replies = self._while_held(context, self._result_stream(request, context))
         async for reply in _answer_stream("TryGetResultStream", context, replies):
             yield reply
 
@@ -430,7 +478,9 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         self, request: objects_pb2.ResultRequest, context: _Context
     ) -> _Common.AvailabilityReply:
         return await _answer(
-            "WaitForAvailability", context, self._wait_for_availability(request)
+            "WaitForAvailability",
+            context,
+            self._wait_for_availability(request, context),
         )
 
     async def WatchResults(
@@ -439,9 +489,16 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         context: _Context,
     ) -> AsyncIterator[_Common.WatchResultStream]:
         replies = self._while_held(
-            context, watch_results(self._backend, self._config, request_iterator)
+            context, self._watch_results(request_iterator, context)
         )
         async for reply in _answer_stream("WatchResults", context, replies):
+            yield reply
+
+    async def _watch_results(
+        self, requests: AsyncIterator[_Common.WatchResultRequest], context: _Context
+    ) -> AsyncIterator[_Common.WatchResultStream]:
+        scope = self._scope(context)
+        async for reply in watch_results(self._backend, self._config, requests, scope):
             yield reply
 
     async def _while_held(
@@ -453,10 +510,10 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
                 yield reply
 
     async def _result_statuses(
-        self, request: _Common.GetResultStatusRequest
+        self, request: _Common.GetResultStatusRequest, context: _Context
     ) -> _Common.GetResultStatusReply:
         session_id = _required(request.session_id, "GetResultStatusRequest.session_id")
-        await self._backend.get_session(session_id)
+        await self._scope(context).session(session_id)
         wanted = list(dict.fromkeys(request.result_ids))
         results: dict[str, ResultRecord] = {}
         if wanted:
@@ -484,10 +541,11 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         return await self._backend.get_result(session_id, key)
 
     async def _result_stream(
-        self, request: objects_pb2.ResultRequest
+        self, request: objects_pb2.ResultRequest, context: _Context
     ) -> AsyncIterator[_Common.ResultReply]:
         session_id = _required(request.session, "ResultRequest.session")
         key = _required(request.result_id, "ResultRequest.result_id")
+        await self._scope(context).require(session_id)
         # Most reads are of completed results: read at once, and ask why there is
         # no data only when there is none.
         stored = self._backend.read_result(session_id, key)
@@ -517,8 +575,12 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
             yield _Common.ResultReply(result=objects_pb2.DataChunk(data=chunk))
 
     async def _wait_for_availability(
-        self, request: objects_pb2.ResultRequest
+        self, request: objects_pb2.ResultRequest, context: _Context
     ) -> _Common.AvailabilityReply:
+        await self._scope(context).require(
+            _required(request.session, "ResultRequest.session")
+        )
+
         async def available() -> _Common.AvailabilityReply | None:
             result = await self._result(request)
             if result.status == ResultStatus.COMPLETED:

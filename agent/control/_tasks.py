@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from agent.backend import Backend, TaskQuery, TaskRecord, TaskStatus
 from agent.backend._queries import TaskSort
+from agent.control._access import Access
 from agent.control._config import ControlPlaneConfig
 from agent.control._convert import task_raw, task_summary
 from agent.control._requests import (
@@ -20,6 +21,7 @@ from agent.control._requests import (
     time_bound,
     window,
 )
+from agent.control._visibility import Scope
 from gridpod_api import task_status_pb2, tasks_common_pb2, tasks_service_pb2_grpc
 
 __all__ = ["TasksService"]
@@ -70,11 +72,21 @@ def _query(request: _Request, max_page_size: int) -> TaskQuery | None:
 
 class TasksService(tasks_service_pb2_grpc.TasksServicer):
     """Tasks as the backend stores them; listings page and sort as the Sessions
-    service's, by creation date when no sort is given."""
+    service's, by creation date when no sort is given. A caller sees only the
+    tasks of the sessions it sees."""
 
-    def __init__(self, backend: Backend, config: ControlPlaneConfig) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        config: ControlPlaneConfig,
+        access: Access | None = None,
+    ) -> None:
         self._backend = backend
         self._config = config
+        self._access = access or Access()
+
+    def _scope(self, context: Context) -> Scope:
+        return Scope(self._backend, self._access.identified(context))
 
     @refusing
     async def ListTasks(
@@ -84,6 +96,8 @@ class TasksService(tasks_service_pb2_grpc.TasksServicer):
         response = tasks_common_pb2.ListTasksResponse(
             page=request.page, page_size=request.page_size
         )
+        if query is not None:
+            query = await self._scope(context).tasks(query)
         if query is None:
             return response
         found = await self._backend.list_tasks(query)
@@ -98,14 +112,19 @@ class TasksService(tasks_service_pb2_grpc.TasksServicer):
     async def GetTask(
         self, request: tasks_common_pb2.GetTaskRequest, context: Context
     ) -> tasks_common_pb2.GetTaskResponse:
-        record = await self._backend.get_task(required_id(request.task_id, "task_id"))
+        task_id = required_id(request.task_id, "task_id")
+        record = await self._scope(context).task(task_id)
         return tasks_common_pb2.GetTaskResponse(task=task_raw(record))
 
     @refusing
     async def CancelTasks(
         self, request: tasks_common_pb2.CancelTasksRequest, context: Context
     ) -> tasks_common_pb2.CancelTasksResponse:
-        records = await self._backend.cancel_tasks(list(request.task_ids))
+        scope = self._scope(context)
+        task_ids = list(request.task_ids)
+        if not scope.sees_all:
+            task_ids = list(await self._known_tasks(scope, task_ids, missing_ok=True))
+        records = await self._backend.cancel_tasks(task_ids)
         if records:
             logger.info("%d task(s) asked to cancel", len(records))
         return tasks_common_pb2.CancelTasksResponse(
@@ -116,7 +135,7 @@ class TasksService(tasks_service_pb2_grpc.TasksServicer):
     async def GetResultIds(
         self, request: tasks_common_pb2.GetResultIdsRequest, context: Context
     ) -> tasks_common_pb2.GetResultIdsResponse:
-        found = await self._known_tasks(request.task_id)
+        found = await self._known_tasks(self._scope(context), request.task_id)
         return tasks_common_pb2.GetResultIdsResponse(
             task_results=[
                 tasks_common_pb2.GetResultIdsResponse.MapTaskResult(
@@ -126,13 +145,19 @@ class TasksService(tasks_service_pb2_grpc.TasksServicer):
             ]
         )
 
-    async def _known_tasks(self, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
-        """The tasks of these ids, read at once; refused if one is unknown."""
-        if not task_ids:
-            return {}
-        page = await self._backend.list_tasks(TaskQuery(task_ids=set(task_ids)))
-        found = {record.task_id: record for record in page.items}
+    async def _known_tasks(
+        self, scope: Scope, task_ids: Sequence[str], *, missing_ok: bool = False
+    ) -> dict[str, TaskRecord]:
+        """The tasks of these ids that the caller sees, read at once; refused if
+        one is unknown, unless ``missing_ok``."""
+        found: dict[str, TaskRecord] = {}
+        query = (
+            await scope.tasks(TaskQuery(task_ids=set(task_ids))) if task_ids else None
+        )
+        if query is not None:
+            page = await self._backend.list_tasks(query)
+            found = {record.task_id: record for record in page.items}
         for task_id in task_ids:
-            if task_id not in found:
+            if task_id not in found and not missing_ok:
                 not_found(f"no task {task_id!r}")
         return found

@@ -31,6 +31,7 @@ from agent.backend import (
     Topic,
 )
 from agent.control._config import ControlPlaneConfig
+from agent.control._visibility import Scope
 from gridpod_api import result_status_pb2, submitter_common_pb2
 
 __all__ = [
@@ -331,10 +332,14 @@ class ResultWatch:
     all of them on a backend that numbers all events in one sequence). A key that
     no session has yet is reported NOTFOUND; on a backend that numbers each
     session's events apart, it is not followed further.
+
+    With a ``scope``, only the results of the sessions its caller sees are
+    reported; another user's result is as one that does not exist.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, scope: Scope | None = None) -> None:
         self._backend = backend
+        self._scope = scope
         # Key -> the statuses its updates are sent for; empty: every status.
         self._watched: dict[str, frozenset[int]] = {}
         self._known: dict[tuple[str, str], int] = {}
@@ -398,11 +403,18 @@ class ResultWatch:
                 session_id=session_id,
                 limit=_EVENTS_PER_READ,
             )
-            changes += self._changes(events)
+            changes += self._changes(await self._visible(events))
             if events:
                 self._cursors[session_id] = events[-1].seq
             if len(events) < _EVENTS_PER_READ:
                 return changes
+
+    async def _visible(self, events: list[Event]) -> list[Event]:
+        """The events of the sessions the caller sees."""
+        if self._scope is None or self._scope.sees_all:
+            return events
+        sessions = await self._scope.visible({event.session_id for event in events})
+        return [event for event in events if event.session_id in sessions]
 
     def _changes(self, events: Iterable[Event]) -> list[tuple[str, int]]:
         changes = []
@@ -431,7 +443,10 @@ class ResultWatch:
         records: list[ResultRecord] = []
         for start in range(0, len(keys), _KEYS_PER_QUERY):
             query = ResultQuery(keys=keys[start : start + _KEYS_PER_QUERY])
-            records += (await self._backend.list_results(query)).items
+            scoped = query if self._scope is None else await self._scope.results(query)
+            if scoped is None:
+                break  # the caller sees no session at all
+            records += (await self._backend.list_results(scoped)).items
         return records
 
     def _observe(self, session_id: str, key: str, status: int) -> bool:
@@ -466,9 +481,11 @@ async def watch_results(
     backend: Backend,
     config: ControlPlaneConfig,
     requests: AsyncIterator[_WatchRequest],
+    scope: Scope | None = None,
 ) -> AsyncIterator[_WatchReply]:
-    """The replies of one WatchResults stream, until the client's half-close."""
-    watch = ResultWatch(backend)
+    """The replies of one WatchResults stream, until the client's half-close;
+    with a ``scope``, of the sessions its caller sees only."""
+    watch = ResultWatch(backend, scope)
     reading: asyncio.Future[_WatchRequest | None] = asyncio.ensure_future(
         anext(requests, None)
     )

@@ -6,6 +6,7 @@ import worker_sdk
 from worker_sdk import client
 
 PUBLIC = {
+    "AccessDeniedError",
     "AsyncClient",
     "AsyncSession",
     "Client",
@@ -43,7 +44,7 @@ def test_every_error_derives_from_the_client_base() -> None:
         for name in PUBLIC
         if name.endswith(("Error", "Unavailable", "Aborted", "NotReady", "Timeout"))
     ]
-    assert len(errors) == 10
+    assert len(errors) == 11
     assert all(issubclass(e, client.ClientError) for e in errors)
     assert issubclass(client.ClientError, worker_sdk.WorkerSdkError)
 

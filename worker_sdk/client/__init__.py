@@ -12,6 +12,7 @@
 from worker_sdk._model import TaskOptions
 from worker_sdk.client._async import AsyncClient, AsyncSession
 from worker_sdk.client._errors import (
+    AccessDeniedError,
     ClientError,
     ControlPlaneUnavailable,
     InvalidRequestError,
@@ -35,6 +36,7 @@ from worker_sdk.client._model import (
 from worker_sdk.client._sync import Client, Session
 
 __all__ = [
+    "AccessDeniedError",
     "AsyncClient",
     "AsyncSession",
     "Client",

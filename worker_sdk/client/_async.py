@@ -23,7 +23,7 @@ from gridpod_api import (
     tasks_common_pb2,
 )
 from worker_sdk._model import Configuration, TaskOptions
-from worker_sdk.client._connection import Connection, seconds
+from worker_sdk.client._connection import Connection, PathText, seconds, tls_files
 from worker_sdk.client._errors import (
     ClientError,
     NotFoundError,
@@ -71,6 +71,12 @@ class AsyncClient:
     reading statuses); submissions, waits, result streams and watches take as long
     as they need. Create it inside a running event loop, and close it (or use
     ``async with``) when done.
+
+    TLS: ``tls_ca`` is the CA (PEM file) that signed the control plane's
+    certificate; ``tls_cert`` and ``tls_key`` are the client's certificate and key,
+    for a control plane that requires them (mutual TLS), whose CN or a SAN names
+    the user. Given only a certificate, the system's roots are trusted. Or pass
+    any ``credentials`` of gRPC's instead.
     """
 
     def __init__(
@@ -78,12 +84,16 @@ class AsyncClient:
         address: str,
         *,
         credentials: grpc.ChannelCredentials | None = None,
+        tls_ca: PathText | None = None,
+        tls_cert: PathText | None = None,
+        tls_key: PathText | None = None,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
         call_timeout: float | timedelta | None = 30.0,
     ) -> None:
         self._connection = Connection(
             address,
             credentials=credentials,
+            tls=tls_files(tls_ca, tls_cert, tls_key),
             interceptors=interceptors,
             call_timeout=seconds(call_timeout),
         )

@@ -3,6 +3,8 @@
 WorkerSdkError
  └── ClientError                  a call to the control plane failed
       ├── NotFoundError              unknown session, task or result (NOT_FOUND)
+      ├── AccessDeniedError          no user named, or a permission lacking
+      │                              (UNAUTHENTICATED, PERMISSION_DENIED)
       ├── InvalidRequestError        the request was malformed (INVALID_ARGUMENT)
       ├── SessionCancelledError      the session is cancelled (FAILED_PRECONDITION)
       ├── ControlPlaneUnavailable    unreachable or silent; also a ConnectionError
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from worker_sdk.client._model import SubmittedTask
 
 __all__ = [
+    "AccessDeniedError",
     "ClientError",
     "ControlPlaneUnavailable",
     "InvalidRequestError",
@@ -57,6 +60,11 @@ class ClientError(WorkerSdkError):
 
 class NotFoundError(ClientError):
     """The control plane knows no session, task or result of that id."""
+
+
+class AccessDeniedError(ClientError):
+    """The control plane refused the caller: its certificate names no user, or
+    the user lacks the permission the call needs (the details name it)."""
 
 
 class InvalidRequestError(ClientError):
@@ -138,6 +146,8 @@ class ResultAborted(ResultUnavailable):
 
 _BY_CODE: dict[grpc.StatusCode, type[ClientError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.UNAUTHENTICATED: AccessDeniedError,
+    grpc.StatusCode.PERMISSION_DENIED: AccessDeniedError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
     grpc.StatusCode.FAILED_PRECONDITION: SessionCancelledError,
     grpc.StatusCode.UNAVAILABLE: ControlPlaneUnavailable,

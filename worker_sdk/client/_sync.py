@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 from collections.abc import (
     AsyncGenerator,
+    Callable,
     Collection,
     Coroutine,
     Generator,
@@ -26,6 +28,7 @@ from worker_sdk.client._async import (
     AsyncClient,
     AsyncSession,
 )
+from worker_sdk.client._connection import PathText
 from worker_sdk.client._model import (
     ResultStatus,
     SubmittedTask,
@@ -86,19 +89,9 @@ async def _next(items: AsyncGenerator[T, None]) -> T:
     return await items.__anext__()
 
 
-async def _open(
-    address: str,
-    credentials: grpc.ChannelCredentials | None,
-    interceptors: Sequence[grpc.aio.ClientInterceptor],
-    call_timeout: float | timedelta | None,
-) -> AsyncClient:
+async def _open(make: Callable[[], AsyncClient]) -> AsyncClient:
     # grpc.aio binds a channel to the loop it is created on: create it on the portal's.
-    return AsyncClient(
-        address,
-        credentials=credentials,
-        interceptors=interceptors,
-        call_timeout=call_timeout,
-    )
+    return make()
 
 
 class Client:
@@ -110,11 +103,24 @@ class Client:
         address: str,
         *,
         credentials: grpc.ChannelCredentials | None = None,
+        tls_ca: PathText | None = None,
+        tls_cert: PathText | None = None,
+        tls_key: PathText | None = None,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
         call_timeout: float | timedelta | None = 30.0,
     ) -> None:
+        make = functools.partial(
+            AsyncClient,
+            address,
+            credentials=credentials,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            interceptors=interceptors,
+            call_timeout=call_timeout,
+        )
         self._portal = _Portal()
-        opening = _open(address, credentials, interceptors, call_timeout)
+        opening = _open(make)
         try:
             self._client = self._portal.call(opening)
         except BaseException:
