@@ -54,6 +54,46 @@ async def test_higher_priority_first_then_older(backend: Backend) -> None:
     assert order == [new_high.task_id, old_low.task_id] + [t.task_id for t in batch]
 
 
+async def test_a_session_of_higher_priority_is_served_first(backend: Backend) -> None:
+    low = objects_pb2.TaskOptions(priority=1)
+    high = objects_pb2.TaskOptions(priority=7)
+    first, second = await session(backend, low), await session(backend, high)
+    early = await submit(
+        backend, first, *[await new_task(backend, [f"a{n}"]) for n in range(4)]
+    )
+    late = await submit(
+        backend, second, *[await new_task(backend, [f"b{n}"]) for n in range(2)]
+    )
+
+    order = [(await take(backend)).task.session_id for _ in range(6)]
+
+    assert order == [second] * len(late) + [first] * len(early)
+
+
+async def test_a_higher_priority_arriving_overtakes_within_a_task(
+    backend: Backend,
+) -> None:
+    """A backend may hand out one more task of the session it was serving (Redis
+    learns of the other session along with that acquire), never more."""
+    low = objects_pb2.TaskOptions(priority=1)
+    high = objects_pb2.TaskOptions(priority=7)
+    first, second = await session(backend, low), await session(backend, high)
+    await submit(
+        backend, first, *[await new_task(backend, [f"a{n}"]) for n in range(5)]
+    )
+    await take(backend)
+    await submit(
+        backend, second, *[await new_task(backend, [f"b{n}"]) for n in range(2)]
+    )
+
+    order = [(await take(backend)).task.session_id for _ in range(6)]
+
+    assert order in (
+        [second, second, first, first, first, first],
+        [first, second, second, first, first, first],
+    )
+
+
 async def test_partitions_are_separate_queues(backend: Backend) -> None:
     sid = await session(backend, partitions=["cpu", "gpu"])
     gpu = objects_pb2.TaskOptions(partition_id="gpu")

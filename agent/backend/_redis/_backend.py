@@ -75,6 +75,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import secrets
 import time
 import urllib.parse
@@ -230,12 +231,28 @@ def _translate(error: redis_errors.ResponseError) -> BackendError:
     return BackendError(f"Redis refused a call: {text}")
 
 
+def _priority(head_score: bytes | float) -> int:
+    """The priority of the task at the head of a queue, from its score there
+    (minus the priority times 10**12, plus the task's creation number)."""
+    return math.ceil(-float(head_score) / 1e12)
+
+
+def _ready_score(priority: int) -> float:
+    """A session's score in a partition's index: the highest priority of its
+    queued tasks first, then the first to announce it."""
+    return -priority * 1e10 + time.time()
+
+
 class _Outcome:
     """What a function replied: its answer and what the transition did."""
 
     def __init__(self, reply: list[Any]) -> None:
         self.answer: Any = reply[0]
-        self.queued = [part.decode() for part in reply[1] or []]
+        # The partitions it queued tasks in, with their queues' head priority.
+        self.queued = {
+            part.decode(): _priority(head) if head is not None else 0
+            for part, head in reply[1] or []
+        }
         self.dropped = [blob.decode() for blob in reply[3] or []]
 
 
@@ -346,8 +363,9 @@ class RedisBackend(Backend):
         if not outcome.queued and not outcome.dropped:
             return
         pipe = self._redis.pipeline(transaction=False)
-        for partition in outcome.queued:
-            pipe.zadd(self._keys.ready(partition), {session_id: time.time()}, nx=True)
+        for partition, priority in outcome.queued.items():
+            score = _ready_score(priority)
+            pipe.zadd(self._keys.ready(partition), {session_id: score}, lt=True)
         for blob_id in outcome.dropped:
             pipe.delete(self._keys.chunks(blob_id), self._keys.blob(blob_id))
         await self._guarded(pipe.execute())
@@ -576,24 +594,85 @@ class RedisBackend(Backend):
     ) -> Attempt | None:
         token = secrets.token_urlsafe(32)
         args = (partition_id, agent_id, token, lease.total_seconds(), payload_up_to)
-        tried: set[str] = set()
-        sticky = self._sticky.get(partition_id)
-        candidates = [sticky] if sticky else await self._candidates(partition_id)
-        while candidates:
+        sticky = self._sticky.pop(partition_id, None)
+        tried = {sticky} if sticky else set()
+        if sticky:
+            answer = await self._acquire_sticky(sticky, partition_id, args)
+            if answer is not None:
+                return await self._attempt(agent_id, token, answer, payload_up_to)
+        while candidates := [
+            s for s in await self._candidates(partition_id) if s not in tried
+        ]:
             for session_id in candidates:
                 tried.add(session_id)
                 outcome = await self._fcall("acquire", session_id, session_id, *args)
                 if outcome.answer[0] == 1:
-                    self._sticky[partition_id] = session_id
+                    await self._keep_on(session_id, partition_id, outcome.answer)
                     return await self._attempt(
                         agent_id, token, outcome.answer, payload_up_to
                     )
                 await self._retire(partition_id, session_id)
-            self._sticky.pop(partition_id, None)
-            candidates = [
-                s for s in await self._candidates(partition_id) if s not in tried
-            ]
         return None
+
+    async def _acquire_sticky(
+        self, session_id: str, partition_id: str, args: tuple[Any, ...]
+    ) -> list[Any] | None:
+        """Take the next task of the session the last one came from, and read
+        the partition's best priority in the same round trip: a session with
+        tasks of a higher priority gets the next acquire."""
+        if not self._loaded:
+            await self._guarded(self._load())
+        header = (self._keys.base(session_id), "", self._keep_events, nonce())
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrange(self._keys.ready(partition_id), 0, 0, withscores=True)
+        pipe.fcall("gp_acquire", 1, *header, session_id, *args)
+        try:
+            best, reply = await self._guarded(pipe.execute())
+        except BackendError as err:
+            if "function not found" not in str(err).lower():
+                raise
+            self._loaded = False
+            return None  # the caller's candidates loop loads them again
+        outcome = _Outcome(reply)
+        await self._after(session_id, outcome)
+        if outcome.answer[0] != 1:
+            await self._retire(partition_id, session_id)
+            return None
+        answer: list[Any] = outcome.answer
+        await self._keep_on(session_id, partition_id, answer, best)
+        return answer
+
+    async def _keep_on(
+        self,
+        session_id: str,
+        partition_id: str,
+        answer: list[Any],
+        best: list[tuple[bytes, float]] | None = None,
+    ) -> None:
+        """After a task of the session: take the next one from it too while its
+        queue's head has the partition's highest priority, and keep the index's
+        score for it up to date when that priority fell."""
+        head = answer[3]
+        if head is None:
+            return  # its queue is empty: the next acquire retires it
+        taken = int(fields(answer[1])["prio"])
+        following = _priority(head)
+        if following < taken:
+            await self._guarded(
+                self._redis.zadd(
+                    self._keys.ready(partition_id),
+                    {session_id: _ready_score(following)},
+                    xx=True,
+                    gt=True,
+                )
+            )
+        if (
+            best
+            and best[0][0].decode() != session_id
+            and following < math.ceil(-best[0][1] / 1e10)
+        ):
+            return  # another session has tasks of a higher priority
+        self._sticky[partition_id] = session_id
 
     async def _candidates(self, partition_id: str) -> list[str]:
         ready = await self._guarded(
@@ -610,8 +689,14 @@ class RedisBackend(Backend):
         pipe.zcard(self._keys.queue(session_id, partition_id))
         _, queued = await self._guarded(pipe.execute())
         if queued:
+            head = await self._guarded(
+                self._redis.zrange(
+                    self._keys.queue(session_id, partition_id), 0, 0, withscores=True
+                )
+            )
+            priority = _priority(head[0][1]) if head else 0
             await self._guarded(
-                self._redis.zadd(ready, {session_id: time.time()}, nx=True)
+                self._redis.zadd(ready, {session_id: _ready_score(priority)}, lt=True)
             )
 
     async def _attempt(

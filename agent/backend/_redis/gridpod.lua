@@ -178,7 +178,7 @@ local function enqueue(ctx, tid, t)
   local score = -tonumber(t.prio) * 1e12 + tonumber(t.ord)
   C('ZADD', k_queue(ctx, t.sid, t.part), score, tid)
   C('SADD', ctx.B .. ':qp:' .. t.sid, t.part)
-  ctx.queued[t.part] = true
+  ctx.queued[t.part] = t.sid
 end
 
 -- Change a task's status, with its event when the task is visible.
@@ -399,7 +399,11 @@ end
 -- tasks in, whether it stored events, and the blobs of other slots to delete.
 local function outcome(ctx, answer)
   local queued = {}
-  for part, _ in pairs(ctx.queued) do table.insert(queued, part) end
+  for part, sid in pairs(ctx.queued) do
+    -- Each partition with the score of its queue's head, for the index.
+    local head = C('ZRANGE', k_queue(ctx, sid, part), 0, 0, 'WITHSCORES')
+    table.insert(queued, {part, head[2] or false})
+  end
   local prefix = string.match(ctx.B, '^(.*):{')
   if #queued > 0 then
     C('PUBLISH', prefix .. ':wake:' .. TOPIC_QUEUE, '')
@@ -964,7 +968,7 @@ local function recover(keys, args)
   -- a task and announcing it.
   for _, part in ipairs(C('SMEMBERS', ctx.B .. ':qp:' .. sid)) do
     if C('ZCARD', k_queue(ctx, sid, part)) > 0 then
-      ctx.queued[part] = true
+      ctx.queued[part] = sid
     end
   end
   return outcome(ctx, recovered)
