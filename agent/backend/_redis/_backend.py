@@ -93,6 +93,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from agent._chunks import chained
 from agent.backend._base import (
     Attempt,
     Backend,
@@ -762,7 +763,7 @@ class RedisBackend(Backend):
             )
             return BlobRef(blob_id, len(data))
         blob = await self.write_blob(
-            _chained(held, iterator), session_id=attempt.task.session_id
+            chained(held, iterator), session_id=attempt.task.session_id
         )
         await self.stage_result(attempt, key, blob)
         return blob
@@ -1077,12 +1078,3 @@ class RedisBackend(Backend):
 
     def subscribe(self, topics: Topic | None = None) -> Subscription:
         return self._hub.subscribe(Topic.ANY if topics is None else topics)
-
-
-async def _chained(
-    first: Iterable[bytes], rest: AsyncIterator[bytes]
-) -> AsyncIterator[bytes]:
-    for chunk in first:
-        yield chunk
-    async for chunk in rest:
-        yield chunk
