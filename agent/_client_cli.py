@@ -10,11 +10,11 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO, TypeVar
 
 import click
 
@@ -38,7 +38,9 @@ _PROGRESS_AFTER = 1.0
 _PROGRESS_EVERY = 0.5
 _BAR_WIDTH = 30
 
-_control_plane_option = click.option(
+_F = TypeVar("_F", bound=Callable[..., Any])
+_TLS_FILES = "gridpod.tls"
+_address_option = click.option(
     "--control-plane",
     "address",
     envvar=CONTROL_PLANE_VARIABLE,
@@ -46,6 +48,40 @@ _control_plane_option = click.option(
     show_default=True,
     help="The control plane: host:port or unix:///path.",
 )
+
+
+def _keep_tls_file(
+    context: click.Context, parameter: click.Parameter, value: str | None
+) -> None:
+    """Keep a TLS file's path for ``_client``: every command takes them alike."""
+    assert parameter.name is not None
+    context.meta.setdefault(_TLS_FILES, {})[parameter.name] = value
+
+
+def _tls_option(name: str, what: str) -> Callable[[_F], _F]:
+    return click.option(
+        f"--{name.replace('_', '-')}",
+        name,
+        envvar=f"GRIDPOD_{name.upper()}",
+        type=click.Path(exists=True, dir_okay=False),
+        expose_value=False,
+        callback=_keep_tls_file,
+        help=f"{what} (env GRIDPOD_{name.upper()}).",
+    )
+
+
+def _control_plane_option(command: _F) -> _F:
+    """--control-plane, and the TLS files to reach it with."""
+    for option in (
+        _tls_option("tls_key", "With --tls-cert: its private key"),
+        _tls_option("tls_cert", "A client certificate, for a control plane that asks"),
+        _tls_option("tls_ca", "Reach the control plane over TLS, trusting this CA"),
+        _address_option,
+    ):
+        command = option(command)
+    return command
+
+
 _session_option = click.option(
     "--session",
     "session_id",
@@ -63,8 +99,14 @@ def _session(address: str, session_id: str) -> Iterator[Session]:
 
 @contextmanager
 def _client(address: str) -> Iterator[Client]:
+    tls = click.get_current_context().meta.get(_TLS_FILES, {})
     try:
-        with Client(address) as client:
+        with Client(
+            address,
+            tls_ca=tls.get("tls_ca"),
+            tls_cert=tls.get("tls_cert"),
+            tls_key=tls.get("tls_key"),
+        ) as client:
             yield client
     except ClientError as error:
         raise click.ClickException(str(error)) from error

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -634,3 +635,41 @@ def test_the_command_refuses_incomplete_options(
     )
     assert done.returncode == 2, done.stderr
     assert complaint in done.stderr.decode()
+
+
+def test_the_commands_for_people_speak_mutual_tls(
+    tmp_path: Path, pki: Pki, rules_file: Path
+) -> None:
+    alice = pki.client("alice")
+    tls = {
+        "GRIDPOD_TLS_CA": str(pki.ca.cert),
+        "GRIDPOD_TLS_CERT": str(alice.cert),
+        "GRIDPOD_TLS_KEY": str(alice.key),
+    }
+    with control_plane_process(
+        tmp_path,
+        *("--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)),
+        *("--tls-client-ca", str(pki.ca.cert), "--auth-config", str(rules_file)),
+    ) as address:
+        submit = ["submit", "--control-plane", address, "--kernel", "echo", "-"]
+        done = _agent_command(submit, tls, stdin="payload")
+        assert done.returncode == 0, done.stderr
+        assert "session" in done.stdout
+
+        refused = _agent_command(submit, {"GRIDPOD_TLS_CA": str(pki.ca.cert)})
+        assert refused.returncode != 0
+
+
+def _agent_command(
+    args: list[str], env: dict[str, str], stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
