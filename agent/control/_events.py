@@ -18,6 +18,7 @@ import grpc
 
 from agent.backend import (
     Backend,
+    BackendError,
     Event,
     EventKind,
     EventsExpired,
@@ -185,6 +186,19 @@ class EventsService(events_service_pb2_grpc.EventsServicer):
                     f"the stream fell too far behind the events of session "
                     f"{session_id} and some were dropped: subscribe again "
                     f"({error})",
+                )
+            except BackendError as error:
+                # Answered as every other call answers a backend failure: left to
+                # gRPC, it would reach the client as UNKNOWN.
+                logger.warning(
+                    "events of session %s: the backend failed: %s",
+                    session_id,
+                    error,
+                    extra={"session_id": session_id},
+                )
+                await context.abort(
+                    grpc.StatusCode.INTERNAL,
+                    f"the events of session {session_id} cannot be read: {error}",
                 )
 
     async def _start(

@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.backend import Backend, NewTask, TaskRecord, open_backend
+from agent.backend import Backend, BackendError, NewTask, TaskRecord, open_backend
 from agent.control import ControlPlaneConfig
 from agent.control._events import response
 from gridpod_api import (
@@ -199,3 +199,17 @@ async def test_a_stream_that_fell_behind_ends_with_data_loss(
             assert "subscribe again" in (ended.value.details() or "")
     finally:
         await writer.close()
+
+
+async def test_a_backend_failure_while_following_ends_with_internal(
+    control_plane: RunningControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A clear status, as every other call gets for it; not UNKNOWN.
+    async def failing(*args: object, **kwargs: object) -> list[object]:
+        raise BackendError("the backend is down")
+
+    session_id = await new_session(control_plane.plane._backend)
+    monkeypatch.setattr(control_plane.plane._backend, "read_events", failing)
+    call = await subscribe(control_plane, session_id)
+    assert await call.code() == grpc.StatusCode.INTERNAL
+    assert "the backend is down" in (await call.details() or "")
