@@ -144,7 +144,7 @@ from gridpod_api import objects_pb2
 
 try:
     from redis import exceptions as redis_errors
-    from redis.asyncio import Redis
+    from redis.asyncio import BlockingConnectionPool, Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
 except ImportError as missing:  # pragma: no cover - depends on the installation
@@ -161,6 +161,9 @@ _MEMO_SECONDS = 120
 _KEEP_EVENTS = 1_000_000
 # How long a call goes on trying to reach a server that does not answer.
 _RECONNECT_SECONDS = 60
+# Connections to Redis per backend instance, and how long a call waits for one.
+_MAX_CONNECTIONS = 256
+_CONNECTION_WAIT = 60.0
 # Chunks and bytes read per round trip, at most, when streaming a blob out.
 _READ_CHUNKS = 64
 _READ_BYTES = 1 << 20
@@ -295,8 +298,12 @@ class RedisBackend(Backend):
         reconnect = _whole(query, "reconnect", _RECONNECT_SECONDS, url)
         rest = urllib.parse.urlencode({k: v[-1] for k, v in query.items()})
         connect = urllib.parse.urlunsplit(parts._replace(query=rest))
-        client = Redis.from_url(
+        # Calls beyond the pool's connections wait for one rather than fail: a
+        # control plane following many streams may have that many calls at once.
+        pool = BlockingConnectionPool.from_url(
             connect,
+            max_connections=_MAX_CONNECTIONS,
+            timeout=_CONNECTION_WAIT,
             # Backoff reaches its cap of a second after a few tries: about one
             # try a second from then on.
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), reconnect + 5),
@@ -307,6 +314,7 @@ class RedisBackend(Backend):
             ],
             health_check_interval=30,
         )
+        client = Redis(connection_pool=pool)
         shown = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
         return cls(client, prefix=prefix, keep_events=keep, where=shown)
 
@@ -316,6 +324,7 @@ class RedisBackend(Backend):
         self._closed = True
         await self._hub.close()
         await self._redis.aclose()
+        await self._redis.connection_pool.disconnect()
 
     # -- calling Redis --------------------------------------------------------------
 
@@ -1011,10 +1020,17 @@ class RedisBackend(Backend):
 
     async def list_results(self, query: ResultQuery) -> Page[ResultRecord]:
         sessions = await self._query_sessions(query.session_ids)
-        members = await self._members([self._keys.results(s) for s in sessions])
-        pairs = [
-            (s, key) for s, keys in zip(sessions, members, strict=True) for key in keys
-        ]
+        if query.keys:
+            # Named keys (a watch's): look each up in each session rather than
+            # read every result there is.
+            pairs = [(s, key) for s in sessions for key in dict.fromkeys(query.keys)]
+        else:
+            members = await self._members([self._keys.results(s) for s in sessions])
+            pairs = [
+                (s, key)
+                for s, keys in zip(sessions, members, strict=True)
+                for key in keys
+            ]
         rows = await self._hashes([self._keys.result(s, key) for s, key in pairs])
         records = [
             result_record(s, key, row)
