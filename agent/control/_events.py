@@ -32,7 +32,7 @@ from agent.control._config import ControlPlaneConfig
 from agent.control._limits import OpenStreams
 from agent.control._requests import Context, required_id
 from agent.control._status import RequestRefused, abort, backend_errors
-from agent.control._visibility import Scope
+from agent.control._visibility import ScopedService
 from gridpod_api import (
     events_common_pb2,
     events_service_pb2_grpc,
@@ -129,7 +129,7 @@ def response(event: Event) -> _Response:
     return _RESPONSES[event.kind](event)
 
 
-class EventsService(events_service_pb2_grpc.EventsServicer):
+class EventsService(ScopedService, events_service_pb2_grpc.EventsServicer):
     """Streams every event of a session until the client cancels or ``close()``;
     a caller follows only the sessions it sees."""
 
@@ -140,10 +140,8 @@ class EventsService(events_service_pb2_grpc.EventsServicer):
         streams: OpenStreams | None = None,
         access: Access | None = None,
     ) -> None:
-        self._backend = backend
-        self._config = config
+        super().__init__(backend, config, access)
         self._streams = streams or OpenStreams(config)
-        self._access = access or Access()
         self._closing = asyncio.Event()
 
     def close(self) -> None:
@@ -206,7 +204,7 @@ class EventsService(events_service_pb2_grpc.EventsServicer):
     ) -> tuple[str, int]:
         """The session to follow and the newest event before the subscription."""
         session_id = required_id(request.session_id, "session_id")
-        scope = Scope(self._backend, self._access.identified(context))
+        scope = self._scope(context)
         with backend_errors():
             after = await self._backend.last_event(session_id)
             await scope.session(session_id)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agent.backend import Backend, ResultQuery, ResultStatus
+from agent.backend import ResultQuery, ResultStatus
 from agent.backend._queries import ResultSort
-from agent.control._access import Access
-from agent.control._config import ControlPlaneConfig
 from agent.control._convert import result_raw
 from agent.control._requests import (
     Context,
@@ -20,7 +18,7 @@ from agent.control._requests import (
     time_bound,
     window,
 )
-from agent.control._visibility import Scope
+from agent.control._visibility import ScopedService
 from gridpod_api import result_status_pb2, results_common_pb2, results_service_pb2_grpc
 
 __all__ = ["ResultsService"]
@@ -65,23 +63,10 @@ def _query(request: _Request, max_page_size: int) -> ResultQuery | None:
     )
 
 
-class ResultsService(results_service_pb2_grpc.ResultsServicer):
+class ResultsService(ScopedService, results_service_pb2_grpc.ResultsServicer):
     """Results as the backend stores them (a result's name is its key); listings
     page and sort as the Sessions service's, by creation date when no sort is
     given. A caller sees only the results of the sessions it sees."""
-
-    def __init__(
-        self,
-        backend: Backend,
-        config: ControlPlaneConfig,
-        access: Access | None = None,
-    ) -> None:
-        self._backend = backend
-        self._config = config
-        self._access = access or Access()
-
-    def _scope(self, context: Context) -> Scope:
-        return Scope(self._backend, self._access.identified(context))
 
     @refusing
     async def ListResults(

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from agent.backend import Backend, SessionQuery, SessionStatus
+from agent.backend import SessionQuery, SessionStatus
 from agent.backend._queries import SessionSort
-from agent.control._access import Access
-from agent.control._config import ControlPlaneConfig
 from agent.control._convert import session_raw, session_summary
 from agent.control._requests import (
     Context,
@@ -19,7 +17,7 @@ from agent.control._requests import (
     time_bound,
     window,
 )
-from agent.control._visibility import Scope
+from agent.control._visibility import ScopedService
 from gridpod_api import (
     session_status_pb2,
     sessions_common_pb2,
@@ -69,7 +67,7 @@ def _query(request: _Request, max_page_size: int) -> SessionQuery | None:
     )
 
 
-class SessionsService(sessions_service_pb2_grpc.SessionsServicer):
+class SessionsService(ScopedService, sessions_service_pb2_grpc.SessionsServicer):
     """Sessions as the backend stores them.
 
     A listing's pages start at 0 and hold 1 to ``max_page_size`` sessions; a page
@@ -79,19 +77,6 @@ class SessionsService(sessions_service_pb2_grpc.SessionsServicer):
     direction ascending. Enum values the API does not define are refused. A caller
     sees only its own sessions, unless it may see every one.
     """
-
-    def __init__(
-        self,
-        backend: Backend,
-        config: ControlPlaneConfig,
-        access: Access | None = None,
-    ) -> None:
-        self._backend = backend
-        self._config = config
-        self._access = access or Access()
-
-    def _scope(self, context: Context) -> Scope:
-        return Scope(self._backend, self._access.identified(context))
 
     @refusing
     async def ListSessions(

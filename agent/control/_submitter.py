@@ -49,7 +49,7 @@ from agent.control._limits import (
     check_task_keys,
 )
 from agent.control._status import RequestRefused, abort, backend_errors, invalid
-from agent.control._visibility import Scope
+from agent.control._visibility import Scope, ScopedService
 from agent.control._watch import CompletionWait, wait_until, watch_results
 from gridpod_api import (
     objects_pb2,
@@ -100,7 +100,7 @@ async def _answer_stream(
         await abort(context, refused)
 
 
-class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
+class SubmitterService(ScopedService, submitter_service_pb2_grpc.SubmitterServicer):
     """Sessions, tasks and results of the grid for its clients, over the backend.
 
     A caller sees only its own sessions, with their tasks and results, unless it
@@ -114,14 +114,9 @@ class SubmitterService(submitter_service_pb2_grpc.SubmitterServicer):
         streams: OpenStreams | None = None,
         access: Access | None = None,
     ) -> None:
-        self._backend = backend
-        self._config = config
+        super().__init__(backend, config, access)
         # Shared with the other services of the control plane that stream.
         self._streams = streams or OpenStreams(config)
-        self._access = access or Access()
-
-    def _scope(self, context: _Context) -> Scope:
-        return Scope(self._backend, self._access.identified(context))
 
     # -- sessions -------------------------------------------------------------------
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from agent.backend import Backend, TaskQuery, TaskRecord, TaskStatus
+from agent.backend import TaskQuery, TaskRecord, TaskStatus
 from agent.backend._queries import TaskSort
-from agent.control._access import Access
-from agent.control._config import ControlPlaneConfig
 from agent.control._convert import task_raw, task_summary
 from agent.control._requests import (
     Context,
@@ -21,7 +19,7 @@ from agent.control._requests import (
     time_bound,
     window,
 )
-from agent.control._visibility import Scope
+from agent.control._visibility import Scope, ScopedService
 from gridpod_api import task_status_pb2, tasks_common_pb2, tasks_service_pb2_grpc
 
 __all__ = ["TasksService"]
@@ -70,23 +68,10 @@ def _query(request: _Request, max_page_size: int) -> TaskQuery | None:
     )
 
 
-class TasksService(tasks_service_pb2_grpc.TasksServicer):
+class TasksService(ScopedService, tasks_service_pb2_grpc.TasksServicer):
     """Tasks as the backend stores them; listings page and sort as the Sessions
     service's, by creation date when no sort is given. A caller sees only the
     tasks of the sessions it sees."""
-
-    def __init__(
-        self,
-        backend: Backend,
-        config: ControlPlaneConfig,
-        access: Access | None = None,
-    ) -> None:
-        self._backend = backend
-        self._config = config
-        self._access = access or Access()
-
-    def _scope(self, context: Context) -> Scope:
-        return Scope(self._backend, self._access.identified(context))
 
     @refusing
     async def ListTasks(

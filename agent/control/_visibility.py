@@ -16,9 +16,11 @@ from agent.backend import (
     TaskQuery,
     TaskRecord,
 )
-from agent.control._access import Caller
+from agent.control._access import Access, Caller
+from agent.control._config import ControlPlaneConfig
+from agent.control._requests import Context
 
-__all__ = ["Scope"]
+__all__ = ["Scope", "ScopedService"]
 
 
 class Scope:
@@ -119,3 +121,21 @@ class Scope:
         owned = [s.session_id for s in (await self._backend.list_sessions(query)).items]
         self._visible.update(dict.fromkeys(owned, True))
         return set(owned)
+
+
+class ScopedService:
+    """What every service that answers each caller within its scope starts with:
+    the backend, the configuration, who may call, and ``_scope`` for a call."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        config: ControlPlaneConfig,
+        access: Access | None = None,
+    ) -> None:
+        self._backend = backend
+        self._config = config
+        self._access = access or Access()
+
+    def _scope(self, context: Context) -> Scope:
+        return Scope(self._backend, self._access.identified(context))
