@@ -279,7 +279,9 @@ def test_a_long_wait_on_a_terminal_shows_its_progress(
     _pods_ready(local_grid)
     with Client(local_grid.address) as client:
         session = client.create_session(TaskOptions(options={"kernel": "sleep"}))
-        session.submit([TaskSpec(b"0.8") for _ in range(4)])
+        # Long enough that the wait outlasts the command's start and the second
+        # it waits before it shows any progress.
+        session.submit([TaskSpec(b"2.5") for _ in range(4)])
     controller, terminal = pty.openpty()
     try:
         waiting = subprocess.Popen(
