@@ -235,6 +235,11 @@ def _translate(error: redis_errors.ResponseError) -> BackendError:
     return BackendError(f"Redis refused a call: {text}")
 
 
+def _taken(answer: list[Any]) -> list[Any]:
+    """An acquire's answer with the task's hash decoded, once for all its uses."""
+    return [answer[0], fields(answer[1]), *answer[2:]]
+
+
 def _priority(head_score: bytes | float) -> int:
     """The priority of the task at the head of a queue, from its score there
     (minus the priority times 10**12, plus the task's creation number)."""
@@ -617,10 +622,9 @@ class RedisBackend(Backend):
                 tried.add(session_id)
                 outcome = await self._fcall("acquire", session_id, session_id, *args)
                 if outcome.answer[0] == 1:
-                    await self._keep_on(session_id, partition_id, outcome.answer)
-                    return await self._attempt(
-                        agent_id, token, outcome.answer, payload_up_to
-                    )
+                    taken = _taken(outcome.answer)
+                    await self._keep_on(session_id, partition_id, taken)
+                    return await self._attempt(agent_id, token, taken, payload_up_to)
                 await self._retire(partition_id, session_id)
         return None
 
@@ -648,7 +652,7 @@ class RedisBackend(Backend):
         if outcome.answer[0] != 1:
             await self._retire(partition_id, session_id)
             return None
-        answer: list[Any] = outcome.answer
+        answer = _taken(outcome.answer)
         await self._keep_on(session_id, partition_id, answer, best)
         return answer
 
@@ -665,7 +669,7 @@ class RedisBackend(Backend):
         head = answer[3]
         if head is None:
             return  # its queue is empty: the next acquire retires it
-        taken = int(fields(answer[1])["prio"])
+        taken = int(answer[1]["prio"])
         following = _priority(head)
         if following < taken:
             await self._guarded(
@@ -712,8 +716,7 @@ class RedisBackend(Backend):
     async def _attempt(
         self, agent_id: str, token: str, answer: list[Any], payload_up_to: int
     ) -> Attempt:
-        _, flat, payload, _ = answer
-        row = fields(flat)
+        _, row, payload, _ = answer
         task = task_record(row)
         expires = _utc(float(row["lease"]))
         if payload is None and task.payload.size <= payload_up_to:
