@@ -113,6 +113,8 @@ class TaskLoop:
         self._ready: asyncio.Queue[_Held] = asyncio.Queue(maxsize=config.concurrency)
         self._held: dict[str, _Held] = {}
         self._running: set[_Held] = set()
+        # One future per Process call whose requests are still being written.
+        self._sending: set[asyncio.Future[bool]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._draining = asyncio.Event()
@@ -225,6 +227,7 @@ class TaskLoop:
             while not self._draining.is_set():
                 if not await self._until_draining(self._worker_ok.wait()):
                     return
+                await self._after_dispatch()
                 attempt = await self._acquire()
                 if attempt is None:
                     # An empty queue: wait for a wake-up, or poll again after the
@@ -378,6 +381,16 @@ class TaskLoop:
             await self._release(held)
             return None
 
+    async def _after_dispatch(self) -> None:
+        """Wait until the Process calls begun so far have sent their requests.
+
+        The backend's calls run on the event loop; made while a call's requests
+        are still being written, they would hold the next task back from the
+        worker. Calls begun later do not extend the wait.
+        """
+        if self._sending:
+            await asyncio.wait(list(self._sending))
+
     async def _commit(
         self,
         held: _Held,
@@ -385,6 +398,7 @@ class TaskLoop:
         results: dict[str, bytes],
     ) -> None:
         try:
+            await self._after_dispatch()
             await self._guarded(held, self._finish(held, reply, results))
         finally:
             self._done(held)
@@ -400,24 +414,13 @@ class TaskLoop:
     ) -> tuple[worker_common_pb2.ProcessReply, dict[str, bytes]] | None:
         """Run the task on the worker; the reply to commit, or None if the attempt
         already ended."""
-        attempt = held.attempt
         if held.stop_reason is not None:
             await self._after_stop(held)
             return None
-        # Not awaited: the backend runs calls in order, so PROCESSING is recorded
-        # before anything the worker sends, and the call leaves the critical path.
-        starting = asyncio.ensure_future(self._backend.start(attempt))
-        self._log(attempt, "processing", TaskStatus.PROCESSING)
-        max_duration = attempt.task.options.max_duration
-        timeout = max_duration.ToTimedelta().total_seconds() or None
-        running = self._registry.add(attempt)
-        _metrics.RUNNING.inc()
-        held.runner = asyncio.create_task(
-            self._worker.process(attempt, held.data, timeout)
-        )
-        held.data = None  # streamed: drop the read-ahead copy with the call
+        sent: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._sending.add(sent)
         try:
-            reply = await held.runner
+            reply, results, starting = await self._call(held, sent)
         except asyncio.CancelledError:
             if held.stop_reason is None:
                 raise
@@ -427,11 +430,41 @@ class TaskLoop:
             await self._worker_error(held, error)
             return None
         finally:
-            _metrics.RUNNING.dec()
-            self._registry.remove(attempt)
+            _settle(sent)
+            self._sending.discard(sent)
         if await self._start_failed(held, starting):
             return None
-        return reply, running.results
+        return reply, results
+
+    async def _call(
+        self, held: _Held, sent: asyncio.Future[bool]
+    ) -> tuple[worker_common_pb2.ProcessReply, dict[str, bytes], asyncio.Future[None]]:
+        """The Process call, its staged results and the start's recording."""
+        attempt = held.attempt
+        # Recorded once the worker has the task, off the critical path; the commit
+        # waits for it, so PROCESSING always comes first.
+        starting = asyncio.ensure_future(self._start(attempt, sent))
+        self._log(attempt, "processing", TaskStatus.PROCESSING)
+        max_duration = attempt.task.options.max_duration
+        timeout = max_duration.ToTimedelta().total_seconds() or None
+        running = self._registry.add(attempt)
+        _metrics.RUNNING.inc()
+        held.runner = asyncio.create_task(
+            self._worker.process(attempt, held.data, timeout, sent)
+        )
+        held.data = None  # streamed: drop the read-ahead copy with the call
+        try:
+            reply = await held.runner
+        finally:
+            _metrics.RUNNING.dec()
+            self._registry.remove(attempt)
+        return reply, running.results, starting
+
+    async def _start(self, attempt: Attempt, sent: asyncio.Future[bool]) -> None:
+        # A call that ended before its last request leaves the attempt to the
+        # code that handles its end.
+        if await sent:
+            await self._backend.start(attempt)
 
     async def _start_failed(self, held: _Held, starting: asyncio.Future[None]) -> bool:
         """Whether recording the start failed; if so, the attempt is over."""
@@ -556,6 +589,11 @@ class TaskLoop:
                 attempt, status=status.name, duration_ms=round(duration * 1000, 3)
             ),
         )
+
+
+def _settle(sent: asyncio.Future[bool]) -> None:
+    if not sent.done():
+        sent.set_result(False)
 
 
 def _turned_away(error: grpc.aio.AioRpcError) -> bool:

@@ -73,10 +73,18 @@ class WorkerLink:
         _metrics.WORKER_UP.set(1)
 
     async def process(
-        self, attempt: Attempt, data: TaskData | None, timeout: float | None
+        self,
+        attempt: Attempt,
+        data: TaskData | None,
+        timeout: float | None,
+        sent: asyncio.Future[bool] | None = None,
     ) -> worker_common_pb2.ProcessReply:
-        """Run the attempt on the worker; raises grpc.aio.AioRpcError on failure."""
-        call = self._stub.Process(self._requests(attempt, data), timeout=timeout)
+        """Run the attempt on the worker; raises grpc.aio.AioRpcError on failure.
+
+        ``sent`` is resolved with True once every request has been written.
+        """
+        requests = self._requests(attempt, data, sent)
+        call = self._stub.Process(requests, timeout=timeout)
         reply: worker_common_pb2.ProcessReply = await call
         return reply
 
@@ -119,7 +127,10 @@ class WorkerLink:
         return self._chunks(self._backend.read_result(attempt.task.session_id, key))
 
     async def _requests(
-        self, attempt: Attempt, data: TaskData | None
+        self,
+        attempt: Attempt,
+        data: TaskData | None,
+        sent: asyncio.Future[bool] | None,
     ) -> AsyncIterator[worker_common_pb2.ProcessRequest]:
         token = attempt.token
         task = attempt.task
@@ -138,10 +149,10 @@ class WorkerLink:
         # empty payload leaves that field unset.
         if first is not None:
             init.payload.data = first
-        sent = len(first or b"")
+        size = len(first or b"")
         yield _request(token, init_request=init)
         async for chunk in payload:
-            sent += len(chunk)
+            size += len(chunk)
             yield _request(token, payload=objects_pb2.DataChunk(data=chunk))
         yield _request(token, payload=objects_pb2.DataChunk(data_complete=True))
         for key in task.data_dependencies:
@@ -149,13 +160,16 @@ class WorkerLink:
             empty = True
             async for chunk in self._dependency_source(attempt, data, key):
                 empty = False
-                sent += len(chunk)
+                size += len(chunk)
                 yield _request(token, data=objects_pb2.DataChunk(data=chunk))
             if empty:
                 yield _request(token, data=objects_pb2.DataChunk(data=b""))
             yield _request(token, data=objects_pb2.DataChunk(data_complete=True))
         yield _request(token, init_data=_Compute.InitData(last_data=True))
-        _metrics.BYTES_TO_WORKER.inc(sent)
+        _metrics.BYTES_TO_WORKER.inc(size)
+        # Asked for the next request, the call has written the last one.
+        if sent is not None and not sent.done():
+            sent.set_result(True)
 
 
 def _request(token: str, **compute: object) -> worker_common_pb2.ProcessRequest:

@@ -62,7 +62,11 @@ class FakeWorker:
         return TaskData(payload=[c async for c in self.backend.read_blob(blob_id)])
 
     async def process(
-        self, attempt: Attempt, data: TaskData | None, timeout: float | None
+        self,
+        attempt: Attempt,
+        data: TaskData | None,
+        timeout: float | None,
+        sent: asyncio.Future[bool] | None = None,
     ) -> worker_common_pb2.ProcessReply:
         self.calls += 1
         if self.turn_away:
