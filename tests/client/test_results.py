@@ -134,35 +134,60 @@ async def test_a_watch_sees_the_current_status_then_the_completion(
     assert seen[2:] == [(task.output, ResultStatus.COMPLETED)]
 
 
+# A few keys are waited for one call each, more on one watch: both ways are run.
+_FEW, _MANY = 0, 9
+_BOTH_WAYS = pytest.mark.parametrize("others", [_FEW, _MANY], ids=["few", "many"])
+
+
+async def _others(session: AsyncSession, count: int) -> list[str]:
+    """Outputs of ``count`` more tasks, for a wait over more keys."""
+    tasks = await session.submit([TaskSpec(b"other") for _ in range(count)])
+    return [task.output for task in tasks]
+
+
+@_BOTH_WAYS
 async def test_wait_for_results_returns_once_each_has_settled(
-    plane: PlaneThread, session: AsyncSession
+    plane: PlaneThread, session: AsyncSession, others: int
 ) -> None:
     good, bad = await session.submit([TaskSpec(b"good"), TaskSpec(b"bad")])
-    waiting = asyncio.create_task(session.wait_for_results([good.output, bad.output]))
+    more = await _others(session, others)
+    waiting = asyncio.create_task(
+        session.wait_for_results([good.output, bad.output, *more])
+    )
     await asyncio.sleep(0.1)
     assert not waiting.done()
     await plane.awork(_fail_on(b"bad"))
     assert await asyncio.wait_for(waiting, 10) == {
         good.output: ResultStatus.COMPLETED,
         bad.output: ResultStatus.ABORTED,
+        **{key: ResultStatus.COMPLETED for key in more},
     }
     assert await session.wait_for_results([]) == {}
 
 
+@_BOTH_WAYS
 async def test_wait_for_results_ignores_the_same_key_in_another_session(
-    plane: PlaneThread, async_client: AsyncClient, session: AsyncSession
+    plane: PlaneThread,
+    async_client: AsyncClient,
+    session: AsyncSession,
+    others: int,
 ) -> None:
     other = await async_client.create_session()
     await other.submit([TaskSpec(b"elsewhere", expected_outputs=["shared"])])
     await plane.awork()
     await session.submit([TaskSpec(b"here", expected_outputs=["shared"])])
-    with pytest.raises(WaitTimeout, match="1 results of session"):
-        await session.wait_for_results(["shared"], timeout=0.5)
+    more = await _others(session, others)
+    with pytest.raises(WaitTimeout, match=f"{1 + others} results of session"):
+        await session.wait_for_results(["shared", *more], timeout=0.5)
 
 
-async def test_wait_for_an_unknown_result_is_not_found(session: AsyncSession) -> None:
-    with pytest.raises(NotFoundError, match="no result ghost"):
-        await session.wait_for_results(["ghost"], timeout=5)
+@_BOTH_WAYS
+async def test_wait_for_an_unknown_result_is_not_found(
+    session: AsyncSession, others: int
+) -> None:
+    more = await _others(session, others)
+    with pytest.raises(NotFoundError, match=r"no result '?ghost"):
+        await session.wait_for_results(["ghost", *more], timeout=5)
 
 
 async def test_statuses_of_unknown_ids_are_not_found(session: AsyncSession) -> None:

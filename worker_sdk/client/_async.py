@@ -60,6 +60,9 @@ DEFAULT_BATCH_BYTES = 64 * 1024 * 1024
 # Keys per WatchResults request, so that no request grows with the number of keys.
 _WATCH_KEYS_PER_REQUEST = 1000
 _LIST_PAGE_SIZE = 1000
+# Up to this many keys, a wait makes one WaitForAvailability call per key; more
+# share one WatchResults stream.
+_AVAILABILITY_KEYS = 8
 _Filter = submitter_common_pb2.TaskFilter
 _SETTLED = (ResultStatus.COMPLETED, ResultStatus.ABORTED, ResultStatus.NOTFOUND)
 
@@ -319,6 +322,9 @@ class AsyncSession:
     ) -> None:
         if not pending:
             return
+        if len(pending) <= _AVAILABILITY_KEYS:
+            await self._await_each(pending, settled)
+            return
         replies = self._watch_replies(list(pending), _SETTLED)
         async with contextlib.aclosing(replies):
             async for status, keys in replies:
@@ -331,6 +337,28 @@ class AsyncSession:
                 pending.difference_update(settled)
                 if not pending:
                     return
+
+    async def _await_each(
+        self, pending: set[str], settled: dict[str, ResultStatus]
+    ) -> None:
+        # One call per key, named with its session: an answer needs no second
+        # look, where a watch's must be checked against this session.
+        calls = [self._availability(key) for key in sorted(pending)]
+        for key, status in await asyncio.gather(*calls):
+            settled[key] = status
+            pending.discard(key)
+
+    async def _availability(self, key: str) -> tuple[str, ResultStatus]:
+        request = objects_pb2.ResultRequest(session=self.session_id, result_id=key)
+        doing = f"waiting for result {key!r} of session {self.session_id}"
+        with converted(doing):
+            reply = await self._connection.submitter.WaitForAvailability(request)
+        kind = reply.WhichOneof("type")
+        if kind == "ok":
+            return key, ResultStatus.COMPLETED
+        if kind == "error":
+            return key, ResultStatus.ABORTED
+        raise ClientError(f"{doing}: the control plane answered {kind or 'nothing'}")
 
     async def _confirm(self, keys: set[str]) -> dict[str, ResultStatus]:
         # A watch matches keys in every session: ask this session for its own.
