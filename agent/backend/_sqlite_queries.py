@@ -179,6 +179,11 @@ def _timestamp(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, timezone.utc)
 
 
+def _strings(value: str) -> tuple[str, ...]:
+    # Most lists of a task are empty; json.loads costs more than the comparison.
+    return () if value == "[]" else tuple(json.loads(value))
+
+
 def session_record(row: sqlite3.Row) -> SessionRecord:
     return SessionRecord(
         session_id=row["session_id"],
@@ -198,10 +203,10 @@ def task_record(row: sqlite3.Row) -> TaskRecord:
         status=TaskStatus(row["status"]),
         options=objects_pb2.TaskOptions.FromString(row["options"]),
         payload=BlobRef(row["payload_blob"], row["payload_size"]),
-        data_dependencies=tuple(json.loads(row["data_dependencies"])),
-        expected_outputs=tuple(json.loads(row["expected_outputs"])),
-        parent_task_ids=tuple(json.loads(row["parent_task_ids"])),
-        retry_of_ids=tuple(json.loads(row["retry_of_ids"])),
+        data_dependencies=_strings(row["data_dependencies"]),
+        expected_outputs=_strings(row["expected_outputs"]),
+        parent_task_ids=_strings(row["parent_task_ids"]),
+        retry_of_ids=_strings(row["retry_of_ids"]),
         status_message=row["status_message"],
         owner_agent_id=row["owner_agent_id"],
         created_at=_timestamp(row["created_at"]),

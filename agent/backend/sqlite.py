@@ -68,8 +68,9 @@ Schema (``PRAGMA user_version`` = 3); timestamps are Unix seconds, lists are JSO
     drop; a task reaching zero is queued in the same transaction. When a result is
     aborted, the waiting tasks fail instead. Nothing polls.
 ``staged_results``
-    The values an attempt sent, keyed by (task, key); moved into ``results`` by the
-    commit, deleted (with their blobs) when the attempt fails or is released.
+    The values an attempt sent before its commit, keyed by (task, key); moved into
+    ``results`` by the commit, deleted (with their blobs) when the attempt fails or
+    is released. Values handed to the commit itself go straight to ``results``.
 ``resources``
     Operator-provisioned blobs by key.
 ``events``
@@ -104,6 +105,7 @@ from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Callable,
+    Collection,
     Iterable,
     Iterator,
     Mapping,
@@ -191,6 +193,7 @@ _DISPATCHED = f"{TaskStatus.DISPATCHED:d}"
 _PROCESSING = f"{TaskStatus.PROCESSING:d}"
 _CANCELLING = f"{TaskStatus.CANCELLING:d}"
 _LEASED = f"{_DISPATCHED}, {_PROCESSING}, {_CANCELLING}"
+_LEASED_STATUSES = (TaskStatus.DISPATCHED, TaskStatus.PROCESSING, TaskStatus.CANCELLING)
 _UNFINISHED = f"{_CREATING}, {_SUBMITTED}, {_DISPATCHED}, {_PROCESSING}"
 _R_CREATED = f"{ResultStatus.CREATED:d}"
 _R_COMPLETED = f"{ResultStatus.COMPLETED:d}"
@@ -357,12 +360,25 @@ SELECT ?1, session_id, {_SUBMITTED}, partition_id, priority, max_retries, option
 FROM tasks WHERE task_id = ?3
 RETURNING *"""
 
-_UNSENT_OUTPUTS = f"""
-SELECT key FROM results AS r
-WHERE owner_task_id = ?1 AND status = {_R_CREATED} AND pending_owner IS NULL
-    AND NOT EXISTS (
-        SELECT 1 FROM staged_results AS s WHERE s.task_id = ?1 AND s.key = r.key)
-ORDER BY key"""
+# All that a commit checks, in one read: the task's lease, whether its attempt
+# staged subtasks or results, and one row per result the task owns (one row with
+# NULL results if it owns none), telling whether the attempt staged it and whether
+# tasks wait for it.
+_COMMIT_STATE = """
+SELECT t.session_id, t.token, t.status,
+    EXISTS (SELECT 1 FROM tasks WHERE staged_by = ?1) AS staged_subtasks,
+    EXISTS (SELECT 1 FROM staged_results WHERE task_id = ?1) AS staged_results,
+    r.key, r.status AS result_status, r.pending_owner,
+    EXISTS (SELECT 1 FROM staged_results AS s
+        WHERE s.task_id = ?1 AND s.key = r.key) AS staged,
+    EXISTS (SELECT 1 FROM dependencies AS d
+        WHERE d.session_id = r.session_id AND d.key = r.key) AS awaited
+FROM tasks AS t LEFT JOIN results AS r ON r.owner_task_id = t.task_id
+WHERE t.task_id = ?1"""
+
+_COMMIT_RESULT = f"""
+UPDATE results SET status = {_R_COMPLETED}, completed_at = ?, blob_id = ?, size = ?
+WHERE session_id = ? AND key = ? AND status = {_R_CREATED}"""
 
 # Both statements are driven by the attempt's few staged rows, looked up by key, so
 # that their cost does not grow with the session.
@@ -376,13 +392,7 @@ WHERE session_id = ?2 AND status = {_R_CREATED}
 
 # Each waiting task loses one missing dependency per completed key it waits for, and
 # is queued when that was the last one (SET expressions see the row before update).
-# CROSS JOIN keeps staged_results as the outer loop.
-_PUSH_TO_DEPENDENTS = f"""
-WITH done AS (
-    SELECT d.task_id, count(*) AS n
-    FROM staged_results AS s CROSS JOIN dependencies AS d
-        ON d.session_id = ?2 AND d.key = s.key
-    WHERE s.task_id = ?1 GROUP BY d.task_id)
+_LOSE_DEPENDENCIES = f"""
 UPDATE tasks SET
     missing_deps = missing_deps - done.n,
     status = CASE WHEN missing_deps = done.n AND status = {_CREATING}
@@ -391,9 +401,31 @@ UPDATE tasks SET
         AND staged_by IS NULL THEN ?3 ELSE submitted_at END
 FROM done WHERE tasks.task_id = done.task_id"""
 
+# CROSS JOIN keeps staged_results as the outer loop.
+_PUSH_TO_DEPENDENTS = f"""
+WITH done AS (
+    SELECT d.task_id, count(*) AS n
+    FROM staged_results AS s CROSS JOIN dependencies AS d
+        ON d.session_id = ?2 AND d.key = s.key
+    WHERE s.task_id = ?1 GROUP BY d.task_id)
+{_LOSE_DEPENDENCIES}"""
+
 _DROP_DEPENDENCY_EDGES = """
 DELETE FROM dependencies WHERE session_id = ?2
     AND key IN (SELECT key FROM staged_results WHERE task_id = ?1)"""
+
+# The same two for the keys of a JSON array ?1, completed without being staged.
+_PUSH_TO_DEPENDENTS_OF_KEYS = f"""
+WITH done AS (
+    SELECT d.task_id, count(*) AS n
+    FROM json_each(?1) AS s CROSS JOIN dependencies AS d
+        ON d.session_id = ?2 AND d.key = s.value
+    GROUP BY d.task_id)
+{_LOSE_DEPENDENCIES}"""
+
+_DROP_DEPENDENCY_EDGES_OF_KEYS = """
+DELETE FROM dependencies WHERE session_id = ?2
+    AND key IN (SELECT value FROM json_each(?1))"""
 
 _BLOB_REFERENCED = """
 SELECT EXISTS (SELECT 1 FROM tasks WHERE payload_blob = ?1)
@@ -472,17 +504,7 @@ class _Transition:
         """The attempt's task row, if the attempt is still the task's."""
         task_id = attempt.task.task_id
         row = _one(self.db, "SELECT * FROM tasks WHERE task_id = ?", (task_id,))
-        leased = (TaskStatus.DISPATCHED, TaskStatus.PROCESSING, TaskStatus.CANCELLING)
-        if row is None or row["token"] != attempt.token or row["status"] not in leased:
-            raise LeaseLost(
-                f"the attempt of agent {attempt.agent_id!r} on task {task_id} is no "
-                "longer the task's: it ended, or its lease expired and was recovered"
-            )
-        if row["status"] == TaskStatus.CANCELLING and not cancelling_ok:
-            raise TaskCancelled(
-                f"task {task_id} was cancelled: stop the attempt and mark it cancelled"
-            )
-        return row
+        return _check_attempt(attempt, row, cancelling_ok=cancelling_ok)
 
     def blob_size(self, blob_id: str) -> int:
         size = _column(
@@ -616,6 +638,23 @@ class _Transition:
         self.db.execute(_DROP_DEPENDENCY_EDGES, (task_id, session_id))
         self.db.execute("DELETE FROM staged_results WHERE task_id = ?", (task_id,))
 
+    def commit_results(
+        self, session_id: str, blobs: Mapping[str, BlobRef], awaited: list[str]
+    ) -> None:
+        """Complete results whose blobs are already stored, as the commit of staged
+        ones would, in the same order; ``awaited`` are those that tasks wait for."""
+        self.db.executemany(
+            _COMMIT_RESULT,
+            [
+                (self.now, blob.blob_id, blob.size, session_id, key)
+                for key, blob in sorted(blobs.items())
+            ],
+        )
+        if awaited:
+            keys = json.dumps(sorted(awaited))
+            self.db.execute(_PUSH_TO_DEPENDENTS_OF_KEYS, (keys, session_id, self.now))
+            self.db.execute(_DROP_DEPENDENCY_EDGES_OF_KEYS, (keys, session_id))
+
     # -- subtasks and cancellation ------------------------------------------------
 
     def unstage_subtasks(self, task_id: str) -> list[str]:
@@ -684,6 +723,57 @@ class _Transition:
         else:
             return
         self.abort(row["session_id"], self.open_outputs(row["task_id"]))
+
+
+class _Commit:
+    """What an attempt's commit checks, read at its start; raises LeaseLost or
+    TaskCancelled if the attempt may not commit."""
+
+    def __init__(self, step: _Transition, attempt: Attempt) -> None:
+        self._step = step
+        self.task_id = attempt.task.task_id
+        rows = step.db.execute(_COMMIT_STATE, (self.task_id,)).fetchall()
+        task = _check_attempt(attempt, rows[0] if rows else None)
+        self.session_id: str = task["session_id"]
+        self.staged_subtasks = bool(task["staged_subtasks"])
+        self.staged_results = bool(task["staged_results"])
+        self._outputs = {row["key"]: row for row in rows if row["key"] is not None}
+
+    def check_sent(self, values: Collection[str]) -> None:
+        """Raise NotOwned for the first of ``values`` the task may not send, or
+        MissingOutputs if, with them, outputs would still be missing."""
+        for key in values:
+            self._check_owned(key)
+        unsent = sorted(
+            key
+            for key, output in self._outputs.items()
+            if _sendable(output) and not output["staged"] and key not in values
+        )
+        if unsent:
+            raise MissingOutputs(unsent)
+
+    def _check_owned(self, key: str) -> None:
+        output = self._outputs.get(key)
+        if output is not None and _sendable(output):
+            return
+        # Refused: the result's own row tells why.
+        result = _one(
+            self._step.db,
+            "SELECT owner_task_id, status, pending_owner FROM results "
+            "WHERE session_id = ? AND key = ?",
+            (self.session_id, key),
+        )
+        _check_owned(self.task_id, self.session_id, key, result)
+
+    def awaited(self, keys: Iterable[str]) -> list[str]:
+        return [key for key in keys if self._outputs[key]["awaited"]]
+
+
+def _sendable(output: sqlite3.Row) -> bool:
+    return (
+        output["result_status"] == ResultStatus.CREATED
+        and output["pending_owner"] is None
+    )
 
 
 class _Creation:
@@ -974,6 +1064,9 @@ class _Store:
             )
         seconds = busy_timeout.total_seconds()
         self._busy_ms = int(seconds * 1000)
+        # Whether the connection waits up to busy_timeout for another process's
+        # write lock, as ``connect`` sets it, or gives up at once.
+        self._waits = True
         self._grouped = False
         self._keep_events = keep_events
         # Often enough that the log stays near its bound, in deletions short enough
@@ -1022,15 +1115,26 @@ class _Store:
     def without_waiting(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run ``fn`` but give up at once, raising ``_Locked``, if another process
         holds the write lock: the event loop must not wait on the disk."""
-        self._db.execute("PRAGMA busy_timeout = 0")
+        self._wait_for_lock(False)
         try:
             return fn(*args, **kwargs)
         except sqlite3.OperationalError as error:
             if "locked" in str(error) or "busy" in str(error):
                 raise _Locked from error
             raise
-        finally:
-            self._db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+
+    def waiting(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run ``fn`` on the backend's thread, waiting up to ``busy_timeout`` for
+        another process's write lock."""
+        self._wait_for_lock(True)
+        return fn(*args, **kwargs)
+
+    def _wait_for_lock(self, wait: bool) -> None:
+        # Set only when it changes: a pragma costs about as much as a short
+        # statement, and most calls run the same way as the one before them.
+        if wait != self._waits:
+            self._db.execute(f"PRAGMA busy_timeout = {self._busy_ms if wait else 0}")
+            self._waits = wait
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -1081,6 +1185,7 @@ class _Store:
         commit succeeded; if it fails, every call of the group failed with it.
         """
         outcomes: list[_Outcome] = []
+        self._wait_for_lock(True)
         self._db.execute("BEGIN IMMEDIATE")
         self._grouped = True
         try:
@@ -1263,10 +1368,16 @@ class _Store:
             now = _clock()
             expires = now + lease.total_seconds()
             row = _one(db, _ACQUIRE, (agent_id, token, expires, now, partition_id))
-        if row is None:
-            return None
-        payload = None
-        if row["payload_size"] <= payload_up_to:
+            if row is None:
+                return None
+            wanted = row["payload_size"] <= payload_up_to
+            # A small payload is read in this transaction, which costs less than a
+            # read transaction of its own; a large one after it, not to hold the
+            # write lock meanwhile.
+            payload = None
+            if wanted and row["payload_size"] <= _BATCH_BYTES:
+                payload = self.whole_blob(row["payload_blob"])
+        if wanted and payload is None:
             payload = self.whole_blob(row["payload_blob"])
         return Attempt(
             task_record(row), agent_id, token, _utc(expires), payload_data=payload
@@ -1275,13 +1386,15 @@ class _Store:
     def start(self, attempt: Attempt) -> None:
         with self._transaction() as db:
             step = _Transition(db)
-            row = step.attempt(attempt)
-            if row["status"] == TaskStatus.DISPATCHED:
-                db.execute(
-                    f"UPDATE tasks SET status = {_PROCESSING}, started_at = ? "
-                    "WHERE task_id = ?",
-                    (step.now, row["task_id"]),
-                )
+            started = db.execute(
+                f"UPDATE tasks SET status = {_PROCESSING}, started_at = ? "
+                f"WHERE task_id = ? AND token = ? AND status = {_DISPATCHED}",
+                (step.now, attempt.task.task_id, attempt.token),
+            )
+            # Nothing changed: the attempt started already, or it is not the
+            # task's any more and this raises.
+            if not started.rowcount:
+                step.attempt(attempt)
 
     def renew(self, attempt: Attempt, lease: timedelta) -> Attempt:
         with self._transaction() as db:
@@ -1318,14 +1431,7 @@ class _Store:
         size: int,
     ) -> None:
         task_id = self._owned(step, attempt, key)
-        step.db.execute(
-            "INSERT INTO blobs (blob_id, size, chunk_count) VALUES (?, ?, ?)",
-            (blob_id, size, len(chunks)),
-        )
-        step.db.executemany(
-            "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (?, ?, ?)",
-            [(blob_id, seq, chunk) for seq, chunk in enumerate(chunks)],
-        )
+        _insert_blob(step.db, blob_id, chunks, size)
         self._stage(step, task_id, key, blob_id, size)
 
     def check_owned(self, attempt: Attempt, key: str) -> None:
@@ -1365,22 +1471,30 @@ class _Store:
     def complete(
         self, attempt: Attempt, results: Mapping[str, bytes] | None = None
     ) -> TaskRecord:
+        values = results or {}
         with self._transaction() as db:
             step = _Transition(db)
-            for key, data in (results or {}).items():
-                self._stage_data(
-                    step, attempt, key, uuid.uuid4().hex, [data], len(data)
-                )
-            row = step.attempt(attempt)
-            task_id, session_id = row["task_id"], row["session_id"]
-            unsent = _column(db, _UNSENT_OUTPUTS, (task_id,))
-            if unsent:
-                raise MissingOutputs(unsent)
-            subtasks = step.unstage_subtasks(task_id)
-            step.commit_staged_results(task_id, session_id)
+            commit = _Commit(step, attempt)
+            commit.check_sent(values)
+            blobs = {key: _store_value(db, data) for key, data in values.items()}
+            # A step that the read shows would change nothing is skipped.
+            task_id = commit.task_id
+            subtasks = step.unstage_subtasks(task_id) if commit.staged_subtasks else []
+            self._commit_results(step, commit, blobs)
             for subtask_id in subtasks:
                 step.activate(subtask_id)
             return task_record(step.end_attempt(task_id, TaskStatus.COMPLETED))
+
+    def _commit_results(
+        self, step: _Transition, commit: _Commit, blobs: Mapping[str, BlobRef]
+    ) -> None:
+        if not commit.staged_results:
+            step.commit_results(commit.session_id, blobs, commit.awaited(blobs))
+            return
+        # The values join those staged before and commit the same way.
+        for key, blob in blobs.items():
+            self._stage(step, commit.task_id, key, blob.blob_id, blob.size)
+        step.commit_staged_results(commit.task_id, commit.session_id)
 
     def fail(self, attempt: Attempt, error: str, status: TaskStatus) -> TaskRecord:
         with self._transaction() as db:
@@ -1504,8 +1618,49 @@ class _Store:
             _Transition(db).drop_blobs(blob)
 
 
+def _insert_blob(
+    db: sqlite3.Connection, blob_id: str, chunks: list[bytes], size: int
+) -> None:
+    db.execute(
+        "INSERT INTO blobs (blob_id, size, chunk_count) VALUES (?, ?, ?)",
+        (blob_id, size, len(chunks)),
+    )
+    db.executemany(
+        "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (?, ?, ?)",
+        [(blob_id, seq, chunk) for seq, chunk in enumerate(chunks)],
+    )
+
+
+def _store_value(db: sqlite3.Connection, data: bytes) -> BlobRef:
+    """A value held in memory, stored as a blob of one chunk."""
+    blob = BlobRef(uuid.uuid4().hex, len(data))
+    _insert_blob(db, blob.blob_id, [data], blob.size)
+    return blob
+
+
 def _utc(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, timezone.utc)
+
+
+def _check_attempt(
+    attempt: Attempt, row: sqlite3.Row | None, *, cancelling_ok: bool = False
+) -> sqlite3.Row:
+    """``row``, the task's, if the attempt is still the task's; else raise."""
+    task_id = attempt.task.task_id
+    if (
+        row is None
+        or row["token"] != attempt.token
+        or row["status"] not in _LEASED_STATUSES
+    ):
+        raise LeaseLost(
+            f"the attempt of agent {attempt.agent_id!r} on task {task_id} is no "
+            "longer the task's: it ended, or its lease expired and was recovered"
+        )
+    if row["status"] == TaskStatus.CANCELLING and not cancelling_ok:
+        raise TaskCancelled(
+            f"task {task_id} was cancelled: stop the attempt and mark it cancelled"
+        )
+    return row
 
 
 def _check_owned(
@@ -1763,8 +1918,9 @@ class SqliteBackend(Backend):
     ) -> _T:
         if self._closed:
             raise BackendError(f"the backend on {self._path} is closed")
+        call = functools.partial(self._store.waiting, fn, *args, **kwargs)
         try:
-            return await self._thread.call(functools.partial(fn, *args, **kwargs))
+            return await self._thread.call(call)
         except sqlite3.Error as err:
             raise BackendError(f"the state file {self._path} failed: {err}") from err
 

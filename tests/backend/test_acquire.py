@@ -161,6 +161,29 @@ async def test_start_of_a_released_attempt_is_refused(backend: Backend) -> None:
     assert (await backend.get_task(task.task_id)).status == TaskStatus.SUBMITTED
 
 
+async def test_start_again_changes_nothing(backend: Backend) -> None:
+    sid = await session(backend)
+    [task] = await submit(backend, sid, await new_task(backend, ["x"]))
+    attempt = await take(backend)
+    started = await backend.get_task(task.task_id)
+
+    await backend.start(attempt)
+
+    assert await backend.get_task(task.task_id) == started
+
+
+async def test_start_of_a_cancelled_task_says_so(backend: Backend) -> None:
+    sid = await session(backend)
+    [task] = await submit(backend, sid, await new_task(backend, ["x"]))
+    attempt = await backend.acquire(AGENT, "", LEASE)
+    assert attempt is not None
+    await backend.cancel_tasks([task.task_id])
+
+    with pytest.raises(TaskCancelled):
+        await backend.start(attempt)
+    assert (await backend.get_task(task.task_id)).status == TaskStatus.CANCELLING
+
+
 async def test_renew_extends_the_lease(backend: Backend) -> None:
     sid = await session(backend)
     await submit(backend, sid, await new_task(backend, ["x"]))
@@ -216,3 +239,18 @@ async def test_a_payload_brought_with_the_attempt_is_whole(backend: Backend) -> 
     )
     assert attempt is not None
     assert attempt.payload_data == payload
+
+
+async def test_a_payload_larger_than_asked_for_stays_in_its_blob(
+    backend: Backend,
+) -> None:
+    sid = await session(backend)
+    await submit(backend, sid, await new_task(backend, ["small"]))
+    await submit(backend, sid, await new_task(backend, ["large"]))
+    size = len(b"payload")
+
+    small = await backend.acquire(AGENT, "", LEASE, payload_up_to=size)
+    large = await backend.acquire(AGENT, "", LEASE, payload_up_to=size - 1)
+
+    assert small is not None and small.payload_data == b"payload"
+    assert large is not None and large.payload_data is None

@@ -125,6 +125,30 @@ async def test_one_result_queues_every_task_waiting_only_for_it(
         assert (await backend.get_task(task.task_id)).status == TaskStatus.SUBMITTED
 
 
+async def test_results_given_to_the_commit_queue_the_tasks_waiting_for_them(
+    backend: Backend,
+) -> None:
+    sid = await session(backend)
+    await submit(backend, sid, await new_task(backend, ["a", "b"]))
+    await submit(backend, sid, await new_task(backend, ["other"]))
+    both, one, more = await submit(
+        backend,
+        sid,
+        await new_task(backend, ["uses-both"], ["a", "b"]),
+        await new_task(backend, ["uses-b"], ["b"]),
+        await new_task(backend, ["uses-a-and-other"], ["a", "other"]),
+    )
+    attempt = await take(backend)
+
+    await backend.complete(attempt, {"b": b"bee", "a": b"ay"})
+
+    for queued in (both, one):
+        assert (await backend.get_task(queued.task_id)).status == TaskStatus.SUBMITTED
+    assert (await backend.get_task(more.task_id)).status == TaskStatus.CREATING
+    await finish(backend, await take(backend))
+    assert (await backend.get_task(more.task_id)).status == TaskStatus.SUBMITTED
+
+
 async def test_a_commit_missing_an_output_is_refused_and_changes_nothing(
     backend: Backend,
 ) -> None:

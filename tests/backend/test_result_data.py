@@ -64,6 +64,21 @@ async def test_results_given_to_the_commit_are_committed_with_it(
     assert (await backend.get_task(task.task_id)).status == TaskStatus.COMPLETED
 
 
+async def test_a_result_given_to_the_commit_replaces_the_one_staged_for_its_key(
+    backend: Backend,
+) -> None:
+    sid = await session(backend)
+    await submit(backend, sid, await new_task(backend, ["a", "b"]))
+    attempt = await take(backend)
+    await backend.stage_result_data(attempt, "a", chunks(b"draft"))
+    await backend.stage_result_data(attempt, "b", chunks(b"staged"))
+
+    await backend.complete(attempt, {"a": b"final"})
+
+    assert await read(backend.read_result(sid, "a")) == b"final"
+    assert await read(backend.read_result(sid, "b")) == b"staged"
+
+
 async def test_a_commit_with_a_result_not_owned_commits_nothing(
     backend: Backend,
 ) -> None:

@@ -140,6 +140,26 @@ async def test_a_subtask_waiting_on_its_parents_output_is_queued_by_the_commit(
     assert (await backend.get_task(second.task_id)).status == TaskStatus.SUBMITTED
 
 
+async def test_a_commit_with_its_results_in_hand_commits_subtasks_and_delegations(
+    backend: Backend,
+) -> None:
+    sid = await session(backend)
+    [parent] = await submit(backend, sid, await new_task(backend, ["out", "handed"]))
+    attempt = await take(backend)
+    waiting = await _stage(backend, attempt, ["step"], ["out"])
+    heir = await _stage(backend, attempt, ["handed"], [])
+
+    await backend.complete(attempt, {"out": b"value"})
+
+    assert (await backend.get_task(waiting.task_id)).status == TaskStatus.SUBMITTED
+    assert (await backend.get_task(heir.task_id)).status == TaskStatus.SUBMITTED
+    handed = await backend.get_result(sid, "handed")
+    assert handed.owner_task_id == heir.task_id
+    assert handed.status == ResultStatus.CREATED
+    assert await read(backend.read_result(sid, "out")) == b"value"
+    assert (await backend.get_task(parent.task_id)).status == TaskStatus.COMPLETED
+
+
 async def test_a_failed_parent_discards_its_subtasks_and_their_results(
     backend: Backend,
 ) -> None:
