@@ -5,7 +5,9 @@ Celery on Redis on the same machine in the same run.
 local`` with one worker, two workers and one worker at concurrency 8, and a Celery
 worker with the solo pool on a private redis-server; it prints figures and ratios,
 asserts nothing, and exits 0 when a target is missed, after a ``TARGET MISSED:``
-line.
+line. It also runs the transport floor of ``bench/agent.py`` (a bare grpc.aio agent
+and worker making the protocol's two calls per task, with no backend and no control
+plane), which bounds what any grid speaking the protocol through grpc.aio can do.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import TypeVar
 # would shadow the packages it measures: the repository's root goes first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import agent as agent_bench
 from bench._common import BenchError, Child, print_header, row, run_benchmark
 from worker_sdk import TaskOptions
 from worker_sdk.client import AsyncClient, AsyncSession, ClientError, TaskSpec
@@ -571,6 +574,30 @@ def throughput_targets(figures: dict[str, Figures]) -> list[str]:
     return missed
 
 
+def report_floor(floor: dict[int, float], figures: dict[str, Figures]) -> list[str]:
+    print()
+    print(
+        "the transport floor: bench/agent.py's bare grpc.aio agent and worker, the "
+        "protocol's two calls"
+    )
+    print("  per task (Process, SendResult), no backend, no control plane, no client")
+    labels = [f"{c} in flight" for c in FLOOR_CONCURRENCIES]
+    print(_columns("", labels))
+    print(_columns("tasks/s", (f"{floor[c]:.0f}" for c in FLOOR_CONCURRENCIES)))
+    if CELERY not in figures:
+        return []
+    celery_rate = figures[CELERY].throughput.rate
+    ratios = (f"{floor[c] / celery_rate:.2f}" for c in FLOOR_CONCURRENCIES)
+    print(_columns("ratio to celery", ratios))
+    if floor[1] >= celery_rate:
+        return []
+    return [
+        f"note: one task at a time, the bare floor ({floor[1]:.0f}/s) is below "
+        f"Celery's solo worker ({celery_rate:.0f}/s): no grid speaking the protocol "
+        "through grpc.aio reaches 1.0x with one worker at concurrency 1 on this machine"
+    ]
+
+
 def report_latency(settings: Settings, figures: dict[str, Figures]) -> list[str]:
     print()
     print(
@@ -651,6 +678,21 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     return Settings(tasks=tasks, samples=samples)
 
 
+FLOOR_CONCURRENCIES = (1, 8)
+
+
+async def transport_floor(root: Path, tasks: int) -> dict[int, float]:
+    """Tasks/s of the bare agent and worker of bench/agent.py, by concurrency."""
+    folders = agent_bench.RunFolders(root)
+    settings = agent_bench.Settings(tasks=tasks, payload_bytes=0)
+    rates = {}
+    for concurrency in FLOOR_CONCURRENCIES:
+        run = folders.new(f"floor-c{concurrency}")
+        floor = await agent_bench.floor_run(run, settings, concurrency, tasks=tasks)
+        rates[concurrency] = floor.rate
+    return rates
+
+
 async def measure(settings: Settings, root: Path) -> dict[str, Figures]:
     figures = {}
     client = load_celery_client()
@@ -669,10 +711,13 @@ async def run(settings: Settings) -> list[str]:
     root = Path(tempfile.mkdtemp(prefix="gridpod-bench-e2e-"))
     try:
         figures = await measure(settings, root)
+        progress("the transport floor: bare agent and worker")
+        floor = await transport_floor(root, settings.tasks)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return (
         report_throughput(settings, figures)
+        + report_floor(floor, figures)
         + report_latency(settings, figures)
         + report_reads(settings, figures)
     )
