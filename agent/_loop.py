@@ -113,8 +113,8 @@ class TaskLoop:
         self._ready: asyncio.Queue[_Held] = asyncio.Queue(maxsize=config.concurrency)
         self._held: dict[str, _Held] = {}
         self._running: set[_Held] = set()
-        # One future per Process call whose requests are still being written.
-        self._sending: set[asyncio.Future[bool]] = set()
+        # Resolved once the latest Process call has written its requests.
+        self._last_sent: asyncio.Future[bool] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._draining = asyncio.Event()
@@ -225,9 +225,11 @@ class TaskLoop:
         # empty answer wakes the wait that follows it.
         with self._queue_wakeups() as queued:
             while not self._draining.is_set():
-                if not await self._until_draining(self._worker_ok.wait()):
+                if not self._worker_ok.is_set() and not await self._until_draining(
+                    self._worker_ok.wait()
+                ):
                     return
-                await self._after_dispatch()
+                await _passed(self._last_sent)
                 attempt = await self._acquire()
                 if attempt is None:
                     # An empty queue: wait for a wake-up, or poll again after the
@@ -348,10 +350,14 @@ class TaskLoop:
     # -- running ------------------------------------------------------------------
 
     async def _slot(self) -> None:
-        # The commit of one task overlaps the run of the next: the worker gets its
-        # next task while the backend records the previous one.
+        # The commit of one task overlaps the run of the next, and waits until the
+        # worker has the next task's requests: the backend's calls run on the
+        # event loop, where they would hold those requests back.
         committing: asyncio.Task[None] | None = None
+        gate: asyncio.Future[bool] | None = None
         while True:
+            if self._ready.empty() and gate is not None:
+                _settle(gate)  # no next task to wait for
             held = await self._ready.get()
             if not self._worker_ok.is_set():
                 await self._until_draining(self._worker_ok.wait())
@@ -360,13 +366,16 @@ class TaskLoop:
                 continue
             self._running.add(held)
             self._idle.clear()
-            outcome = await self._guarded(held, self._run(held))
+            outcome = await self._guarded(held, self._run(held, gate))
+            if gate is not None:
+                _settle(gate)
             if outcome is None:
                 self._done(held)
                 continue
             if committing is not None:
                 await committing
-            committing = asyncio.create_task(self._commit(held, *outcome))
+            gate = asyncio.get_running_loop().create_future()
+            committing = asyncio.create_task(self._commit(held, gate, *outcome))
 
     async def _guarded(self, held: _Held, work: Coroutine[Any, Any, _T]) -> _T | None:
         try:
@@ -381,24 +390,15 @@ class TaskLoop:
             await self._release(held)
             return None
 
-    async def _after_dispatch(self) -> None:
-        """Wait until the Process calls begun so far have sent their requests.
-
-        The backend's calls run on the event loop; made while a call's requests
-        are still being written, they would hold the next task back from the
-        worker. Calls begun later do not extend the wait.
-        """
-        if self._sending:
-            await asyncio.wait(list(self._sending))
-
     async def _commit(
         self,
         held: _Held,
+        gate: asyncio.Future[bool],
         reply: worker_common_pb2.ProcessReply,
         results: dict[str, bytes],
     ) -> None:
         try:
-            await self._after_dispatch()
+            await gate
             await self._guarded(held, self._finish(held, reply, results))
         finally:
             self._done(held)
@@ -410,7 +410,7 @@ class TaskLoop:
             self._idle.set()
 
     async def _run(
-        self, held: _Held
+        self, held: _Held, gate: asyncio.Future[bool] | None
     ) -> tuple[worker_common_pb2.ProcessReply, dict[str, bytes]] | None:
         """Run the task on the worker; the reply to commit, or None if the attempt
         already ended."""
@@ -418,7 +418,9 @@ class TaskLoop:
             await self._after_stop(held)
             return None
         sent: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._sending.add(sent)
+        if gate is not None:
+            sent.add_done_callback(lambda _: _settle(gate))
+        self._last_sent = sent
         try:
             reply, results, starting = await self._call(held, sent)
         except asyncio.CancelledError:
@@ -431,7 +433,6 @@ class TaskLoop:
             return None
         finally:
             _settle(sent)
-            self._sending.discard(sent)
         if await self._start_failed(held, starting):
             return None
         return reply, results
@@ -594,6 +595,12 @@ class TaskLoop:
 def _settle(sent: asyncio.Future[bool]) -> None:
     if not sent.done():
         sent.set_result(False)
+
+
+async def _passed(sent: asyncio.Future[bool] | None) -> None:
+    """Wait for a Process call to have written its requests, if it has not."""
+    if sent is not None and not sent.done():
+        await asyncio.wait([sent])
 
 
 def _turned_away(error: grpc.aio.AioRpcError) -> bool:
