@@ -22,7 +22,7 @@ import grpc
 from agent import _metrics
 from agent._config import AgentConfig
 from agent._registry import AttemptRegistry
-from agent._worker import TaskData, WorkerLink
+from agent._worker import Dispatch, TaskData, WorkerLink
 from agent.backend import (
     Attempt,
     Backend,
@@ -417,12 +417,12 @@ class TaskLoop:
         if held.stop_reason is not None:
             await self._after_stop(held)
             return None
-        sent: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        dispatch = Dispatch.new()
         if gate is not None:
-            sent.add_done_callback(lambda _: _settle(gate))
-        self._last_sent = sent
+            dispatch.sent.add_done_callback(lambda _: _settle(gate))
+        self._last_sent = dispatch.sent
         try:
-            reply, results, starting = await self._call(held, sent)
+            reply, results, starting = await self._call(held, dispatch)
         except asyncio.CancelledError:
             if held.stop_reason is None:
                 raise
@@ -432,26 +432,26 @@ class TaskLoop:
             await self._worker_error(held, error)
             return None
         finally:
-            _settle(sent)
+            dispatch.ended()
         if await self._start_failed(held, starting):
             return None
         return reply, results
 
     async def _call(
-        self, held: _Held, sent: asyncio.Future[bool]
+        self, held: _Held, dispatch: Dispatch
     ) -> tuple[worker_common_pb2.ProcessReply, dict[str, bytes], asyncio.Future[None]]:
         """The Process call, its staged results and the start's recording."""
         attempt = held.attempt
-        # Recorded once the worker has the task, off the critical path; the commit
-        # waits for it, so PROCESSING always comes first.
-        starting = asyncio.ensure_future(self._start(attempt, sent))
+        # Recorded once the worker has the task's first request, off the critical
+        # path; the commit waits for it, so PROCESSING always comes first.
+        starting = asyncio.ensure_future(self._start(attempt, dispatch.begun))
         self._log(attempt, "processing", TaskStatus.PROCESSING)
         max_duration = attempt.task.options.max_duration
         timeout = max_duration.ToTimedelta().total_seconds() or None
         running = self._registry.add(attempt)
         _metrics.RUNNING.inc()
         held.runner = asyncio.create_task(
-            self._worker.process(attempt, held.data, timeout, sent)
+            self._worker.process(attempt, held.data, timeout, dispatch)
         )
         held.data = None  # streamed: drop the read-ahead copy with the call
         try:
@@ -461,10 +461,10 @@ class TaskLoop:
             self._registry.remove(attempt)
         return reply, running.results, starting
 
-    async def _start(self, attempt: Attempt, sent: asyncio.Future[bool]) -> None:
-        # A call that ended before its last request leaves the attempt to the
+    async def _start(self, attempt: Attempt, begun: asyncio.Future[bool]) -> None:
+        # A call that ended before its first request leaves the attempt to the
         # code that handles its end.
-        if await sent:
+        if await begun:
             await self._backend.start(attempt)
 
     async def _start_failed(self, held: _Held, starting: asyncio.Future[None]) -> bool:

@@ -24,6 +24,30 @@ _Compute = worker_common_pb2.ProcessRequest.ComputeRequest
 _Serving = worker_common_pb2.HealthCheckReply.ServingStatus
 
 
+@dataclass(eq=False)
+class Dispatch:
+    """How far a Process call has written its requests: ``begun`` resolves with
+    True after the first, ``sent`` after the last; with False if the call ended
+    before."""
+
+    begun: asyncio.Future[bool]
+    sent: asyncio.Future[bool]
+
+    @classmethod
+    def new(cls) -> Dispatch:
+        loop = asyncio.get_running_loop()
+        return cls(loop.create_future(), loop.create_future())
+
+    def ended(self) -> None:
+        _resolve(self.begun, False)
+        _resolve(self.sent, False)
+
+
+def _resolve(step: asyncio.Future[bool], reached: bool) -> None:
+    if not step.done():
+        step.set_result(reached)
+
+
 @dataclass
 class TaskData:
     """A task's payload and data dependencies, when read ahead into memory."""
@@ -77,13 +101,13 @@ class WorkerLink:
         attempt: Attempt,
         data: TaskData | None,
         timeout: float | None,
-        sent: asyncio.Future[bool] | None = None,
+        dispatch: Dispatch | None = None,
     ) -> worker_common_pb2.ProcessReply:
         """Run the attempt on the worker; raises grpc.aio.AioRpcError on failure.
 
-        ``sent`` is resolved with True once every request has been written.
+        ``dispatch`` follows the writing of the requests.
         """
-        requests = self._requests(attempt, data, sent)
+        requests = self._requests(attempt, data, dispatch)
         call = self._stub.Process(requests, timeout=timeout)
         reply: worker_common_pb2.ProcessReply = await call
         return reply
@@ -130,7 +154,7 @@ class WorkerLink:
         self,
         attempt: Attempt,
         data: TaskData | None,
-        sent: asyncio.Future[bool] | None,
+        dispatch: Dispatch | None,
     ) -> AsyncIterator[worker_common_pb2.ProcessRequest]:
         token = attempt.token
         task = attempt.task
@@ -151,6 +175,9 @@ class WorkerLink:
             init.payload.data = first
         size = len(first or b"")
         yield _request(token, init_request=init)
+        # Asked for the next request, the call has written the one before.
+        if dispatch is not None:
+            _resolve(dispatch.begun, True)
         async for chunk in payload:
             size += len(chunk)
             yield _request(token, payload=objects_pb2.DataChunk(data=chunk))
@@ -167,9 +194,8 @@ class WorkerLink:
             yield _request(token, data=objects_pb2.DataChunk(data_complete=True))
         yield _request(token, init_data=_Compute.InitData(last_data=True))
         _metrics.BYTES_TO_WORKER.inc(size)
-        # Asked for the next request, the call has written the last one.
-        if sent is not None and not sent.done():
-            sent.set_result(True)
+        if dispatch is not None:
+            _resolve(dispatch.sent, True)
 
 
 def _request(token: str, **compute: object) -> worker_common_pb2.ProcessRequest:

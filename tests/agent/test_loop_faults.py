@@ -17,7 +17,7 @@ import pytest
 from agent._config import AgentConfig
 from agent._loop import TaskLoop
 from agent._registry import AttemptRegistry
-from agent._worker import TaskData
+from agent._worker import Dispatch, TaskData
 from agent.backend import (
     Attempt,
     BackendError,
@@ -66,7 +66,7 @@ class FakeWorker:
         attempt: Attempt,
         data: TaskData | None,
         timeout: float | None,
-        sent: asyncio.Future[bool] | None = None,
+        dispatch: Dispatch | None = None,
     ) -> worker_common_pb2.ProcessReply:
         self.calls += 1
         if self.turn_away:
