@@ -442,46 +442,34 @@ async def empty_tasks(settings: Settings, runs: RunFolders) -> EmptyFigures:
 # --- per-task overhead ----------------------------------------------------------
 
 # How the agent's own time per task is measured, in a sequential run with the bare
-# worker. The one slot starts a task only once the one before is committed, so from
-# one started_at to the next (the backend's clock, inside the start transition) is
-# one whole task as the agent handles it. The bare worker records when each Process
-# call reached it and when its reply left; the rest of that cycle is the agent's:
-# before the call (the rest of the start transition, building the stream, the way to
-# the worker), after it (the reply's way back, up to the commit's transaction) and
-# between tasks (the commit, the next task from the read-ahead queue, the next
-# start). Timestamps of the two processes compare: both read the host's one wall
-# clock. The agent's log lines cannot isolate this: their times are to the second
-# (JSON) or millisecond (text), ``processing`` carries no duration, and ``completed``
-# counts from when the task was read ahead, which in a sequential run includes the
-# wait behind the tasks before it. What the agent does inside the call (SendResult:
-# storing the value and staging it) shows as the call taking longer than the floor's.
+# worker, which records when each Process call reached it and when its reply left.
+# From one call reaching the worker to the next is one whole task as the agent
+# handles it; the call itself is the worker's (and the SendResult it makes, which the
+# agent serves: storing the value and staging it shows as the call taking longer
+# than the floor's). The gap from a reply leaving the worker to the next call
+# reaching it is the agent's own time per task: the reply's way back, the next task
+# from the read-ahead queue, building its stream and the way to the worker. The
+# agent's backend calls (commit, start, the next acquire) are made while the worker
+# computes, so they count in the gap only as far as they hold the agent back.
+# Timestamps of the two processes compare: both read the host's one wall clock. The
+# cycle of the SDK worker's run counts from one started_at (the backend's clock) to
+# the next, which is recorded once the worker has the task's first request.
 
 
 @dataclass(frozen=True)
 class Phases:
     cycle: list[float]
     call: list[float]
-    before: list[float]
-    after: list[float]
-    between: list[float]
-
-    @property
-    def beyond_call(self) -> list[float]:
-        return [c - k for c, k in zip(self.cycle, self.call, strict=True)]
+    gap: list[float]
 
 
 def sequential_phases(sample: EmptyRun) -> Phases:
-    ordered = sorted(sample.records, key=lambda record: _seconds(record.started_at))
-    phases = Phases([], [], [], [], [])
-    for this, following in itertools.pairwise(ordered):
-        started, ended = _seconds(this.started_at), _seconds(this.ended_at)
-        next_start = _seconds(following.started_at)
-        entered, left = sample.calls[this.task_id]
-        phases.cycle.append(next_start - started)
+    calls = sorted(sample.calls.values())
+    phases = Phases([], [], [])
+    for (entered, left), (following, _) in itertools.pairwise(calls):
+        phases.cycle.append(following - entered)
         phases.call.append(left - entered)
-        phases.before.append(entered - started)
-        phases.after.append(ended - left)
-        phases.between.append(next_start - ended)
+        phases.gap.append(following - left)
     return phases
 
 
@@ -668,16 +656,13 @@ def report_overhead(figures: EmptyFigures) -> None:
     print(_quantiles(f"{FLOOR}: one task (the Process call)", floor.latencies))
     ours = cycles(figures.ours[1])
     print(_quantiles(f"{OURS}: one task (start to next start)", ours))
-    print(_quantiles(f"{OURS_BARE}: one task (start to next start)", phases.cycle))
+    print(_quantiles(f"{OURS_BARE}: one task (call to next call)", phases.cycle))
     print(_quantiles(f"{FLOOR}: the call, inside the bare worker", floor_inside))
     print(_quantiles(f"{OURS_BARE}: the call, inside the bare worker", phases.call))
-    beyond = phases.beyond_call
-    print(_quantiles(f"{OURS_BARE}: the agent's time beyond the call", beyond))
-    print(_quantiles("  before: start to the call reaching the worker", phases.before))
-    print(_quantiles("  after: the reply leaving to the commit", phases.after))
-    print(_quantiles("  between: the commit to the next start", phases.between))
+    gap = phases.gap
+    print(_quantiles(f"{OURS_BARE}: the agent's time between calls", gap))
     print(_quantiles(f"{FLOOR}: beyond the call (client, transport)", floor_beyond))
-    overhead, whole = percentile(beyond, 0.5), percentile(floor.latencies, 0.5)
+    overhead, whole = percentile(gap, 0.5), percentile(floor.latencies, 0.5)
     print(
         f"  the agent's own time per task, p50 {_ms(overhead)} ms, is "
         f"{overhead / whole:.0%} of the floor's whole task ({_ms(whole)} ms)"
