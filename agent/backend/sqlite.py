@@ -171,6 +171,9 @@ logger = logging.getLogger(__name__)
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 # (succeeded, its value or its exception)
+# Submissions of up to this many tasks run on the event loop when they can.
+_SHORT_SUBMISSION = 16
+
 _Outcome = tuple[bool, Any]
 # (the call, where its outcome goes, whether it may share a transaction)
 _Job = tuple[Callable[[], Any], Callable[[_Outcome], None], bool]
@@ -2025,9 +2028,11 @@ class SqliteBackend(Backend):
                     await self._call(store.write_chunks, blob_id, seq, batch, None)
                     seq, size = seq + len(batch), size + batch_size
                     batch, batch_size = [], 0
-            hopped = True
             size += batch_size
-            await self._call(store.write_chunks, blob_id, seq, batch, size)
+            # A blob in one batch is a short call: most payloads and results.
+            hop = self._call if hopped else self._short
+            hopped = True
+            await hop(store.write_chunks, blob_id, seq, batch, size)
         except BaseException:
             # Nobody holds a reference to the blob yet; a hop that was cancelled may
             # still have written its batch.
@@ -2042,7 +2047,8 @@ class SqliteBackend(Backend):
         *args: _P.args,
         **kwargs: _P.kwargs,
     ) -> AsyncIterator[bytes]:
-        blob_id, count, batch = await self._call(opener, *args, **kwargs)
+        # The first batch is bounded like every other, and often the whole blob.
+        blob_id, count, batch = await self._short(opener, *args, **kwargs)
         seq = 0
         while True:
             seq += len(batch)
@@ -2070,7 +2076,9 @@ class SqliteBackend(Backend):
         tasks: Sequence[NewTask],
         options: objects_pb2.TaskOptions | None = None,
     ) -> list[TaskRecord | TaskRefusal]:
-        return await self._call(self._store.submit_tasks, session_id, tasks, options)
+        # A few tasks are a short call; a large batch must not hold the event loop.
+        hop = self._short if len(tasks) <= _SHORT_SUBMISSION else self._call
+        return await hop(self._store.submit_tasks, session_id, tasks, options)
 
     # -- the agent's side ---------------------------------------------------------
 
