@@ -356,19 +356,20 @@ class TaskLoop:
         committing: asyncio.Task[None] | None = None
         gate: asyncio.Future[bool] | None = None
         while True:
-            if self._ready.empty() and gate is not None:
-                _settle(gate)  # no next task to wait for
+            if self._ready.empty():
+                _open(gate)  # no next task to wait for
             held = await self._ready.get()
             if not self._worker_ok.is_set():
+                _open(gate)  # nor while the worker is down
                 await self._until_draining(self._worker_ok.wait())
             if self._draining.is_set():
+                _open(gate)
                 await self._release(held)
                 continue
             self._running.add(held)
             self._idle.clear()
             outcome = await self._guarded(held, self._run(held, gate))
-            if gate is not None:
-                _settle(gate)
+            _open(gate)
             if outcome is None:
                 self._done(held)
                 continue
@@ -419,7 +420,7 @@ class TaskLoop:
             return None
         dispatch = Dispatch.new()
         if gate is not None:
-            dispatch.sent.add_done_callback(lambda _: _settle(gate))
+            dispatch.sent.add_done_callback(lambda _: _open(gate))
         self._last_sent = dispatch.sent
         try:
             reply, results, starting = await self._call(held, dispatch)
@@ -592,9 +593,10 @@ class TaskLoop:
         )
 
 
-def _settle(sent: asyncio.Future[bool]) -> None:
-    if not sent.done():
-        sent.set_result(False)
+def _open(gate: asyncio.Future[bool] | None) -> None:
+    """Let a commit waiting at ``gate`` go."""
+    if gate is not None and not gate.done():
+        gate.set_result(True)
 
 
 async def _passed(sent: asyncio.Future[bool] | None) -> None:
