@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
 
 import grpc
@@ -60,6 +61,10 @@ _WORKER_DOWN = frozenset(
 # How often an agent that gets no wake-ups from its backend polls an empty queue.
 _FALLBACK_POLL = 0.02
 
+# A task still running this long after its first request has its start recorded
+# then; one that ends sooner has it recorded by the transaction that ends it.
+_START_DELAY = 0.1
+
 
 class _Polling(Subscription):
     """Stands in for wake-ups the backend cannot give: every wait times out soon."""
@@ -72,6 +77,43 @@ class _Polling(Subscription):
         pass
 
 
+class _Start:
+    """The recording of an attempt's start, which most short tasks never need on
+    its own: ``take`` hands it to the transaction that ends the attempt."""
+
+    def __init__(self, backend: Backend, attempt: Attempt, begun: asyncio.Future[bool]):
+        self.at: datetime | None = None
+        self.sent = False
+        self.task = asyncio.ensure_future(self._record(backend, attempt, begun))
+        # Its outcome is read only while the attempt runs; later, nobody asks.
+        self.task.add_done_callback(_retrieved)
+
+    async def _record(
+        self, backend: Backend, attempt: Attempt, begun: asyncio.Future[bool]
+    ) -> None:
+        # A call that ended before its first request leaves the attempt to the
+        # code that handles its end.
+        if not await begun:
+            return
+        self.at = datetime.now(timezone.utc)
+        await asyncio.sleep(_START_DELAY)
+        self.sent = True
+        await backend.start(attempt)
+
+    def take(self) -> datetime | None:
+        """When the attempt started, for the next transition to record; None if
+        the start was recorded (or is being recorded) already."""
+        if self.sent:
+            return None
+        self.task.cancel()
+        return self.at
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 @dataclass(eq=False)
 class _Held:
     """A task this agent holds, queued for a slot or running."""
@@ -80,6 +122,9 @@ class _Held:
     data: TaskData | None
     acquired: float
     runner: asyncio.Task[worker_common_pb2.ProcessReply] | None = None
+    start: _Start | None = None
+    # When the attempt started, if the transition that ends it must record it.
+    started_at: datetime | None = None
     stop_reason: StopReason | None = None
 
     def stop(self, reason: StopReason) -> None:
@@ -423,7 +468,7 @@ class TaskLoop:
             dispatch.sent.add_done_callback(lambda _: _open(gate))
         self._last_sent = dispatch.sent
         try:
-            reply, results, starting = await self._call(held, dispatch)
+            reply, results = await self._call(held, dispatch)
         except asyncio.CancelledError:
             if held.stop_reason is None:
                 raise
@@ -434,18 +479,19 @@ class TaskLoop:
             return None
         finally:
             dispatch.ended()
-        if await self._start_failed(held, starting):
+        held.started_at = _take_start(held)
+        if await self._start_failed(held):
             return None
         return reply, results
 
     async def _call(
         self, held: _Held, dispatch: Dispatch
-    ) -> tuple[worker_common_pb2.ProcessReply, dict[str, bytes], asyncio.Future[None]]:
-        """The Process call, its staged results and the start's recording."""
+    ) -> tuple[worker_common_pb2.ProcessReply, dict[str, bytes]]:
+        """The Process call and its staged results."""
         attempt = held.attempt
-        # Recorded once the worker has the task's first request, off the critical
-        # path; the commit waits for it, so PROCESSING always comes first.
-        starting = asyncio.ensure_future(self._start(attempt, dispatch.begun))
+        # Taken once the worker has the task's first request, off the critical
+        # path; recorded before the attempt ends, so PROCESSING always comes first.
+        held.start = _Start(self._backend, attempt, dispatch.begun)
         self._log(attempt, "processing", TaskStatus.PROCESSING)
         max_duration = attempt.task.options.max_duration
         timeout = max_duration.ToTimedelta().total_seconds() or None
@@ -460,18 +506,14 @@ class TaskLoop:
         finally:
             _metrics.RUNNING.dec()
             self._registry.remove(attempt)
-        return reply, running.results, starting
+        return reply, running.results
 
-    async def _start(self, attempt: Attempt, begun: asyncio.Future[bool]) -> None:
-        # A call that ended before its first request leaves the attempt to the
-        # code that handles its end.
-        if await begun:
-            await self._backend.start(attempt)
-
-    async def _start_failed(self, held: _Held, starting: asyncio.Future[None]) -> bool:
+    async def _start_failed(self, held: _Held) -> bool:
         """Whether recording the start failed; if so, the attempt is over."""
+        if held.start is None or not held.start.sent:
+            return False  # not recorded on its own
         try:
-            await starting
+            await held.start.task
         except TaskCancelled:
             held.stop_reason = "cancelled"
             await self._after_stop(held)
@@ -483,6 +525,7 @@ class TaskLoop:
         return False
 
     async def _after_stop(self, held: _Held) -> None:
+        _take_start(held)  # the attempt ends without it
         attempt = held.attempt
         if held.stop_reason == "cancelled":
             with contextlib.suppress(BackendError):
@@ -498,6 +541,7 @@ class TaskLoop:
             )
 
     async def _worker_error(self, held: _Held, error: grpc.aio.AioRpcError) -> None:
+        held.started_at = _take_start(held)
         if _turned_away(error):
             # Nothing of the task ran: it goes back to the queue at no retry's cost.
             await self._release(held)
@@ -526,7 +570,7 @@ class TaskLoop:
             return
         attempt = held.attempt
         try:
-            await self._backend.complete(attempt, results)
+            await self._backend.complete(attempt, results, started_at=held.started_at)
         except (MissingOutputs, NotOwned) as error:
             await self._fail(held, str(error))
             return
@@ -548,7 +592,9 @@ class TaskLoop:
     ) -> None:
         attempt = held.attempt
         try:
-            record = await self._backend.fail(attempt, message, status)
+            record = await self._backend.fail(
+                attempt, message, status, started_at=held.started_at
+            )
         except TaskCancelled:
             held.stop_reason = "cancelled"
             await self._after_stop(held)
@@ -591,6 +637,10 @@ class TaskLoop:
                 attempt, status=status.name, duration_ms=round(duration * 1000, 3)
             ),
         )
+
+
+def _take_start(held: _Held) -> datetime | None:
+    return None if held.start is None else held.start.take()
 
 
 def _open(gate: asyncio.Future[bool] | None) -> None:

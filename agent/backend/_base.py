@@ -297,11 +297,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def start(self, attempt: Attempt) -> None:
-        """DISPATCHED -> PROCESSING. Raises ``LeaseLost``.
+        """DISPATCHED -> PROCESSING. Raises ``LeaseLost``, or ``TaskCancelled``.
 
-        The agent does not wait for it before streaming the task to the worker: a
-        backend applies one instance's calls in the order they were made, so the
-        transitions that follow see the task PROCESSING.
+        The agent calls it for a task still running a moment after the worker got
+        its first request; a shorter task's start goes with the transition that
+        ends it (``complete`` or ``fail`` with ``started_at``).
         """
 
     @abc.abstractmethod
@@ -351,9 +351,18 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def complete(
-        self, attempt: Attempt, results: Mapping[str, bytes] | None = None
+        self,
+        attempt: Attempt,
+        results: Mapping[str, bytes] | None = None,
+        *,
+        started_at: datetime | None = None,
     ) -> TaskRecord:
         """Commit the attempt in one transaction.
+
+        ``started_at``: the attempt started then but ``start`` was not called; it
+        is recorded (DISPATCHED -> PROCESSING, with its event) before the commit,
+        which spares a short task a transaction of its own. A refused commit may
+        leave it recorded; recording it again changes nothing.
 
         ``results`` are values the caller held rather than staged: they are
         staged first, in the same transaction, under the same ownership rule
@@ -370,9 +379,16 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def fail(
-        self, attempt: Attempt, error: str, status: TaskStatus = TaskStatus.ERROR
+        self,
+        attempt: Attempt,
+        error: str,
+        status: TaskStatus = TaskStatus.ERROR,
+        *,
+        started_at: datetime | None = None,
     ) -> TaskRecord:
         """End the attempt as ERROR or TIMEOUT, discarding what it staged.
+
+        ``started_at`` is recorded first, as ``complete`` does.
 
         If the task has retries left, a new task with the same payload, data
         dependencies and outputs is queued; it is returned. Otherwise its outputs

@@ -1389,14 +1389,9 @@ class _Store:
     def start(self, attempt: Attempt) -> None:
         with self._transaction() as db:
             step = _Transition(db)
-            started = db.execute(
-                f"UPDATE tasks SET status = {_PROCESSING}, started_at = ? "
-                f"WHERE task_id = ? AND token = ? AND status = {_DISPATCHED}",
-                (step.now, attempt.task.task_id, attempt.token),
-            )
             # Nothing changed: the attempt started already, or it is not the
             # task's any more and this raises.
-            if not started.rowcount:
+            if not _record_start(db, attempt, step.now):
                 step.attempt(attempt)
 
     def renew(self, attempt: Attempt, lease: timedelta) -> Attempt:
@@ -1472,11 +1467,16 @@ class _Store:
         step.drop_blobs(b for b in replaced if b != blob_id)
 
     def complete(
-        self, attempt: Attempt, results: Mapping[str, bytes] | None = None
+        self,
+        attempt: Attempt,
+        results: Mapping[str, bytes] | None = None,
+        started_at: float | None = None,
     ) -> TaskRecord:
         values = results or {}
         with self._transaction() as db:
             step = _Transition(db)
+            if started_at is not None:
+                _record_start(db, attempt, started_at)
             commit = _Commit(step, attempt)
             commit.check_sent(values)
             blobs = {key: _store_value(db, data) for key, data in values.items()}
@@ -1499,9 +1499,17 @@ class _Store:
             self._stage(step, commit.task_id, key, blob.blob_id, blob.size)
         step.commit_staged_results(commit.task_id, commit.session_id)
 
-    def fail(self, attempt: Attempt, error: str, status: TaskStatus) -> TaskRecord:
+    def fail(
+        self,
+        attempt: Attempt,
+        error: str,
+        status: TaskStatus,
+        started_at: float | None = None,
+    ) -> TaskRecord:
         with self._transaction() as db:
             step = _Transition(db)
+            if started_at is not None:
+                _record_start(db, attempt, started_at)
             row = step.attempt(attempt)
             return task_record(step.fail(row, error, status))
 
@@ -1619,6 +1627,17 @@ class _Store:
             if not blob:
                 raise NotFound(f"no resource {key!r}")
             _Transition(db).drop_blobs(blob)
+
+
+def _record_start(db: sqlite3.Connection, attempt: Attempt, at: float) -> bool:
+    """DISPATCHED -> PROCESSING at ``at``, if the attempt is the task's and was
+    not started yet; whether it changed the task."""
+    started = db.execute(
+        f"UPDATE tasks SET status = {_PROCESSING}, started_at = ? "
+        f"WHERE task_id = ? AND token = ? AND status = {_DISPATCHED}",
+        (at, attempt.task.task_id, attempt.token),
+    )
+    return bool(started.rowcount)
 
 
 def _insert_blob(
@@ -2139,18 +2158,29 @@ class SqliteBackend(Backend):
         return await self._call(self._store.stage_subtasks, attempt, tasks, options)
 
     async def complete(
-        self, attempt: Attempt, results: Mapping[str, bytes] | None = None
+        self,
+        attempt: Attempt,
+        results: Mapping[str, bytes] | None = None,
+        *,
+        started_at: datetime | None = None,
     ) -> TaskRecord:
-        return await self._short(self._store.complete, attempt, results)
+        started = None if started_at is None else started_at.timestamp()
+        return await self._short(self._store.complete, attempt, results, started)
 
     async def fail(
-        self, attempt: Attempt, error: str, status: TaskStatus = TaskStatus.ERROR
+        self,
+        attempt: Attempt,
+        error: str,
+        status: TaskStatus = TaskStatus.ERROR,
+        *,
+        started_at: datetime | None = None,
     ) -> TaskRecord:
         if status not in (TaskStatus.ERROR, TaskStatus.TIMEOUT):
             raise ValueError(
                 f"a failed attempt ends ERROR or TIMEOUT, not {status.name}"
             )
-        return await self._call(self._store.fail, attempt, error, status)
+        started = None if started_at is None else started_at.timestamp()
+        return await self._call(self._store.fail, attempt, error, status, started)
 
     async def release(self, attempt: Attempt) -> None:
         await self._short(self._store.release, attempt)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from agent.backend import (
+    Attempt,
     Backend,
     Event,
     EventKind,
@@ -20,6 +22,8 @@ from agent.backend import (
 )
 from gridpod_api import objects_pb2
 from tests.backend.support import (
+    AGENT,
+    LEASE,
     blob,
     finish,
     new_task,
@@ -439,3 +443,86 @@ async def test_reading_from_the_last_event_sees_only_what_follows(
     ]
     assert all(e.seq > last for e in events)
     assert await backend.last_event(sid) == events[-1].seq
+
+
+async def _acquired(backend: Backend) -> tuple[str, str, Attempt]:
+    """A session with one task, acquired but not started."""
+    sid = await session(backend)
+    [task] = await submit(backend, sid, await new_task(backend, ["out"], []))
+    attempt = await backend.acquire(AGENT, "", LEASE)
+    assert attempt is not None
+    return sid, task.task_id, attempt
+
+
+def _statuses_of(events: list[Event], task_id: str) -> list[TaskStatus | None]:
+    return [e.status for e in events if e.kind == TASK_STATUS and e.task_id == task_id]
+
+
+async def test_a_commit_records_the_start_it_is_handed(backend: Backend) -> None:
+    sid, tid, attempt = await _acquired(backend)
+    began = datetime.now(timezone.utc) - timedelta(seconds=5)
+
+    done = await backend.complete(attempt, {"out": b"v"}, started_at=began)
+
+    assert done.status == TaskStatus.COMPLETED
+    assert done.started_at is not None
+    assert abs((done.started_at - began).total_seconds()) < 0.01
+    assert _statuses_of(await events_since(backend, 0, sid), tid) == [
+        TaskStatus.DISPATCHED,
+        TaskStatus.PROCESSING,
+        TaskStatus.COMPLETED,
+    ]
+    await replayed(backend, sid)
+
+
+async def test_a_failure_records_the_start_it_is_handed(backend: Backend) -> None:
+    sid, tid, attempt = await _acquired(backend)
+    began = datetime.now(timezone.utc) - timedelta(seconds=5)
+
+    failed = await backend.fail(attempt, "boom", TaskStatus.ERROR, started_at=began)
+
+    assert failed.status == TaskStatus.ERROR
+    assert failed.started_at is not None
+    assert abs((failed.started_at - began).total_seconds()) < 0.01
+    assert _statuses_of(await events_since(backend, 0, sid), tid) == [
+        TaskStatus.DISPATCHED,
+        TaskStatus.PROCESSING,
+        TaskStatus.ERROR,
+    ]
+
+
+async def test_a_start_recorded_already_is_kept_by_the_commit(backend: Backend) -> None:
+    sid, tid, attempt = await _acquired(backend)
+    await backend.start(attempt)
+    started = (await backend.get_task(tid)).started_at
+    later_moment = datetime.now(timezone.utc) + timedelta(seconds=5)
+
+    done = await backend.complete(attempt, {"out": b"v"}, started_at=later_moment)
+
+    assert done.started_at == started
+    assert (
+        _statuses_of(await events_since(backend, 0, sid), tid).count(
+            TaskStatus.PROCESSING
+        )
+        == 1
+    )
+
+
+async def test_a_start_handed_to_a_refused_commit_is_recorded_once(
+    backend: Backend,
+) -> None:
+    # The agent hands the same start to the failure that follows the refusal.
+    sid, tid, attempt = await _acquired(backend)
+    began = datetime.now(timezone.utc) - timedelta(seconds=5)
+    with pytest.raises(MissingOutputs):
+        await backend.complete(attempt, {}, started_at=began)
+
+    failed = await backend.fail(attempt, "none", TaskStatus.ERROR, started_at=began)
+
+    assert failed.started_at is not None
+    assert abs((failed.started_at - began).total_seconds()) < 0.01
+    assert _statuses_of(await events_since(backend, 0, sid), tid) == [
+        TaskStatus.DISPATCHED,
+        TaskStatus.PROCESSING,
+        TaskStatus.ERROR,
+    ]

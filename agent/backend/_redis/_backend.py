@@ -740,6 +740,18 @@ class RedisBackend(Backend):
     async def start(self, attempt: Attempt) -> None:
         await self._on_attempt("start", attempt)
 
+    async def _started_at(self, attempt: Attempt, moment: datetime | None) -> None:
+        # A start of its own, at the moment given: the function is a no-op for
+        # an attempt started already.
+        if moment is not None:
+            await self._fcall(
+                "start",
+                attempt.task.task_id,
+                *self._attempt_args(attempt),
+                now=moment,
+                session_id=attempt.task.session_id,
+            )
+
     async def renew(self, attempt: Attempt, lease: timedelta) -> Attempt:
         outcome = await self._on_attempt("renew", attempt, lease.total_seconds())
         return replace(attempt, lease_expires_at=_utc(float(outcome.answer)))
@@ -781,8 +793,13 @@ class RedisBackend(Backend):
         return blob
 
     async def complete(
-        self, attempt: Attempt, results: Mapping[str, bytes] | None = None
+        self,
+        attempt: Attempt,
+        results: Mapping[str, bytes] | None = None,
+        *,
+        started_at: datetime | None = None,
     ) -> TaskRecord:
+        await self._started_at(attempt, started_at)
         tag = tag_of(attempt.task.session_id)
         held: list[Any] = []
         for key, data in (results or {}).items():
@@ -791,8 +808,14 @@ class RedisBackend(Backend):
         return task_record(fields(outcome.answer))
 
     async def fail(
-        self, attempt: Attempt, error: str, status: TaskStatus = TaskStatus.ERROR
+        self,
+        attempt: Attempt,
+        error: str,
+        status: TaskStatus = TaskStatus.ERROR,
+        *,
+        started_at: datetime | None = None,
     ) -> TaskRecord:
+        await self._started_at(attempt, started_at)
         outcome = await self._on_attempt("fail", attempt, error, int(status))
         return task_record(fields(outcome.answer))
 
