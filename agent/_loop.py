@@ -98,7 +98,7 @@ class _Start:
         self.at = datetime.now(timezone.utc)
         await asyncio.sleep(_START_DELAY)
         self.sent = True
-        await backend.start(attempt)
+        await backend.start(attempt, self.at)
 
     def take(self) -> datetime | None:
         """When the attempt started, for the next transition to record; None if

@@ -296,8 +296,9 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def start(self, attempt: Attempt) -> None:
-        """DISPATCHED -> PROCESSING. Raises ``LeaseLost``, or ``TaskCancelled``.
+    async def start(self, attempt: Attempt, at: datetime | None = None) -> None:
+        """DISPATCHED -> PROCESSING, started ``at`` (now by default). Raises
+        ``LeaseLost``, or ``TaskCancelled``.
 
         The agent calls it for a task still running a moment after the worker got
         its first request; a shorter task's start goes with the transition that

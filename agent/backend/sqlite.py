@@ -1386,12 +1386,12 @@ class _Store:
             task_record(row), agent_id, token, _utc(expires), payload_data=payload
         )
 
-    def start(self, attempt: Attempt) -> None:
+    def start(self, attempt: Attempt, at: float | None = None) -> None:
         with self._transaction() as db:
             step = _Transition(db)
             # Nothing changed: the attempt started already, or it is not the
             # task's any more and this raises.
-            if not _record_start(db, attempt, step.now):
+            if not _record_start(db, attempt, step.now if at is None else at):
                 step.attempt(attempt)
 
     def renew(self, attempt: Attempt, lease: timedelta) -> Attempt:
@@ -1627,6 +1627,10 @@ class _Store:
             if not blob:
                 raise NotFound(f"no resource {key!r}")
             _Transition(db).drop_blobs(blob)
+
+
+def _seconds_or_none(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
 
 
 def _record_start(db: sqlite3.Connection, attempt: Attempt, at: float) -> bool:
@@ -2113,8 +2117,8 @@ class SqliteBackend(Backend):
             self._store.acquire, agent_id, partition_id, lease, payload_up_to
         )
 
-    async def start(self, attempt: Attempt) -> None:
-        await self._short(self._store.start, attempt)
+    async def start(self, attempt: Attempt, at: datetime | None = None) -> None:
+        await self._short(self._store.start, attempt, _seconds_or_none(at))
 
     async def renew(self, attempt: Attempt, lease: timedelta) -> Attempt:
         return await self._short(self._store.renew, attempt, lease)
@@ -2164,7 +2168,7 @@ class SqliteBackend(Backend):
         *,
         started_at: datetime | None = None,
     ) -> TaskRecord:
-        started = None if started_at is None else started_at.timestamp()
+        started = _seconds_or_none(started_at)
         return await self._short(self._store.complete, attempt, results, started)
 
     async def fail(
@@ -2179,7 +2183,7 @@ class SqliteBackend(Backend):
             raise ValueError(
                 f"a failed attempt ends ERROR or TIMEOUT, not {status.name}"
             )
-        started = None if started_at is None else started_at.timestamp()
+        started = _seconds_or_none(started_at)
         return await self._call(self._store.fail, attempt, error, status, started)
 
     async def release(self, attempt: Attempt) -> None:

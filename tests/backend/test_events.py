@@ -526,3 +526,16 @@ async def test_a_start_handed_to_a_refused_commit_is_recorded_once(
         TaskStatus.PROCESSING,
         TaskStatus.ERROR,
     ]
+
+
+async def test_a_start_is_recorded_at_the_moment_given(backend: Backend) -> None:
+    sid, tid, attempt = await _acquired(backend)
+    began = datetime.now(timezone.utc) - timedelta(seconds=5)
+
+    await backend.start(attempt, began)
+
+    record = await backend.get_task(tid)
+    assert record.status == TaskStatus.PROCESSING
+    assert record.started_at is not None
+    assert abs((record.started_at - began).total_seconds()) < 0.01
+    await replayed(backend, sid)

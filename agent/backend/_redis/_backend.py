@@ -737,20 +737,20 @@ class RedisBackend(Backend):
             session_id=attempt.task.session_id,
         )
 
-    async def start(self, attempt: Attempt) -> None:
-        await self._on_attempt("start", attempt)
+    async def start(self, attempt: Attempt, at: datetime | None = None) -> None:
+        await self._fcall(
+            "start",
+            attempt.task.task_id,
+            *self._attempt_args(attempt),
+            now=at,
+            session_id=attempt.task.session_id,
+        )
 
     async def _started_at(self, attempt: Attempt, moment: datetime | None) -> None:
-        # A start of its own, at the moment given: the function is a no-op for
-        # an attempt started already.
+        # A start of its own: the function is a no-op for an attempt started
+        # already.
         if moment is not None:
-            await self._fcall(
-                "start",
-                attempt.task.task_id,
-                *self._attempt_args(attempt),
-                now=moment,
-                session_id=attempt.task.session_id,
-            )
+            await self.start(attempt, moment)
 
     async def renew(self, attempt: Attempt, lease: timedelta) -> Attempt:
         outcome = await self._on_attempt("renew", attempt, lease.total_seconds())
