@@ -458,84 +458,66 @@ def _statuses_of(events: list[Event], task_id: str) -> list[TaskStatus | None]:
     return [e.status for e in events if e.kind == TASK_STATUS and e.task_id == task_id]
 
 
-async def test_a_commit_records_the_start_it_is_handed(backend: Backend) -> None:
-    sid, tid, attempt = await _acquired(backend)
-    began = datetime.now(timezone.utc) - timedelta(seconds=5)
+# Five seconds ago: a moment that cannot be mistaken for the call's own clock.
+def _a_while_ago() -> datetime:
+    return datetime.now(timezone.utc) - timedelta(seconds=5)
 
-    done = await backend.complete(attempt, {"out": b"v"}, started_at=began)
 
-    assert done.status == TaskStatus.COMPLETED
-    assert done.started_at is not None
-    assert abs((done.started_at - began).total_seconds()) < 0.01
-    assert _statuses_of(await events_since(backend, 0, sid), tid) == [
+async def _check_started(
+    backend: Backend, sid: str, record: TaskRecord, began: datetime
+) -> None:
+    """The task started at ``began``, with one PROCESSING event, then ended."""
+    assert record.started_at is not None
+    assert abs((record.started_at - began).total_seconds()) < 0.01
+    assert _statuses_of(await events_since(backend, 0, sid), record.task_id) == [
         TaskStatus.DISPATCHED,
         TaskStatus.PROCESSING,
-        TaskStatus.COMPLETED,
+        record.status,
     ]
     await replayed(backend, sid)
 
 
+async def test_a_commit_records_the_start_it_is_handed(backend: Backend) -> None:
+    sid, _, attempt = await _acquired(backend)
+    began = _a_while_ago()
+
+    done = await backend.complete(attempt, {"out": b"v"}, started_at=began)
+
+    assert done.status == TaskStatus.COMPLETED
+    await _check_started(backend, sid, done, began)
+
+
 async def test_a_failure_records_the_start_it_is_handed(backend: Backend) -> None:
-    sid, tid, attempt = await _acquired(backend)
-    began = datetime.now(timezone.utc) - timedelta(seconds=5)
+    sid, _, attempt = await _acquired(backend)
+    began = _a_while_ago()
 
     failed = await backend.fail(attempt, "boom", TaskStatus.ERROR, started_at=began)
 
     assert failed.status == TaskStatus.ERROR
-    assert failed.started_at is not None
-    assert abs((failed.started_at - began).total_seconds()) < 0.01
-    assert _statuses_of(await events_since(backend, 0, sid), tid) == [
-        TaskStatus.DISPATCHED,
-        TaskStatus.PROCESSING,
-        TaskStatus.ERROR,
-    ]
-
-
-async def test_a_start_recorded_already_is_kept_by_the_commit(backend: Backend) -> None:
-    sid, tid, attempt = await _acquired(backend)
-    await backend.start(attempt)
-    started = (await backend.get_task(tid)).started_at
-    later_moment = datetime.now(timezone.utc) + timedelta(seconds=5)
-
-    done = await backend.complete(attempt, {"out": b"v"}, started_at=later_moment)
-
-    assert done.started_at == started
-    assert (
-        _statuses_of(await events_since(backend, 0, sid), tid).count(
-            TaskStatus.PROCESSING
-        )
-        == 1
-    )
+    await _check_started(backend, sid, failed, began)
 
 
 async def test_a_start_handed_to_a_refused_commit_is_recorded_once(
     backend: Backend,
 ) -> None:
     # The agent hands the same start to the failure that follows the refusal.
-    sid, tid, attempt = await _acquired(backend)
-    began = datetime.now(timezone.utc) - timedelta(seconds=5)
+    sid, _, attempt = await _acquired(backend)
+    began = _a_while_ago()
     with pytest.raises(MissingOutputs):
         await backend.complete(attempt, {}, started_at=began)
 
     failed = await backend.fail(attempt, "none", TaskStatus.ERROR, started_at=began)
 
-    assert failed.started_at is not None
-    assert abs((failed.started_at - began).total_seconds()) < 0.01
-    assert _statuses_of(await events_since(backend, 0, sid), tid) == [
-        TaskStatus.DISPATCHED,
-        TaskStatus.PROCESSING,
-        TaskStatus.ERROR,
-    ]
+    await _check_started(backend, sid, failed, began)
 
 
-async def test_a_start_is_recorded_at_the_moment_given(backend: Backend) -> None:
+async def test_a_start_recorded_already_is_kept_by_the_commit(backend: Backend) -> None:
     sid, tid, attempt = await _acquired(backend)
-    began = datetime.now(timezone.utc) - timedelta(seconds=5)
-
+    began = _a_while_ago()
     await backend.start(attempt, began)
+    assert (await backend.get_task(tid)).status == TaskStatus.PROCESSING
 
-    record = await backend.get_task(tid)
-    assert record.status == TaskStatus.PROCESSING
-    assert record.started_at is not None
-    assert abs((record.started_at - began).total_seconds()) < 0.01
-    await replayed(backend, sid)
+    later_moment = datetime.now(timezone.utc) + timedelta(seconds=5)
+    done = await backend.complete(attempt, {"out": b"v"}, started_at=later_moment)
+
+    await _check_started(backend, sid, done, began)
