@@ -728,23 +728,20 @@ class RedisBackend(Backend):
     def _attempt_args(attempt: Attempt) -> tuple[str, str, str]:
         return (attempt.task.task_id, attempt.token, attempt.agent_id)
 
-    async def _on_attempt(self, name: str, attempt: Attempt, *args: Any) -> _Outcome:
+    async def _on_attempt(
+        self, name: str, attempt: Attempt, *args: Any, now: datetime | None = None
+    ) -> _Outcome:
         return await self._fcall(
             name,
             attempt.task.task_id,
             *self._attempt_args(attempt),
             *args,
+            now=now,
             session_id=attempt.task.session_id,
         )
 
     async def start(self, attempt: Attempt, at: datetime | None = None) -> None:
-        await self._fcall(
-            "start",
-            attempt.task.task_id,
-            *self._attempt_args(attempt),
-            now=at,
-            session_id=attempt.task.session_id,
-        )
+        await self._on_attempt("start", attempt, now=at)
 
     async def _started_at(self, attempt: Attempt, moment: datetime | None) -> None:
         # A start of its own: the function is a no-op for an attempt started
