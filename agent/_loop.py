@@ -79,33 +79,44 @@ class _Polling(Subscription):
 
 class _Start:
     """The recording of an attempt's start, which most short tasks never need on
-    its own: ``take`` hands it to the transaction that ends the attempt."""
+    its own: ``take`` hands it to the transaction that ends the attempt.
+
+    A timer, not a task per attempt: the start is recorded by a task of its own
+    only for an attempt that runs past ``_START_DELAY``.
+    """
 
     def __init__(self, backend: Backend, attempt: Attempt, begun: asyncio.Future[bool]):
+        self._backend = backend
+        self._attempt = attempt
+        self._timer: asyncio.TimerHandle | None = None
         self.at: datetime | None = None
-        self.sent = False
-        self.task = asyncio.ensure_future(self._record(backend, attempt, begun))
-        # Its outcome is read only while the attempt runs; later, nobody asks.
-        self.task.add_done_callback(_retrieved)
+        self.task: asyncio.Task[None] | None = None
+        self._taken = False
+        begun.add_done_callback(self._begun)
 
-    async def _record(
-        self, backend: Backend, attempt: Attempt, begun: asyncio.Future[bool]
-    ) -> None:
+    def _begun(self, begun: asyncio.Future[bool]) -> None:
         # A call that ended before its first request leaves the attempt to the
-        # code that handles its end.
-        if not await begun:
+        # code that handles its end; so does one whose start was taken already.
+        if not begun.result() or self._taken:
             return
         self.at = datetime.now(timezone.utc)
-        await asyncio.sleep(_START_DELAY)
-        self.sent = True
-        await backend.start(attempt, self.at)
+        self._timer = asyncio.get_running_loop().call_later(_START_DELAY, self._send)
+
+    def _send(self) -> None:
+        self._timer = None
+        self.task = asyncio.ensure_future(self._backend.start(self._attempt, self.at))
+        # Its outcome is read only while the attempt runs; later, nobody asks.
+        self.task.add_done_callback(_retrieved)
 
     def take(self) -> datetime | None:
         """When the attempt started, for the next transition to record; None if
         the start was recorded (or is being recorded) already."""
-        if self.sent:
+        if self.task is not None:
             return None
-        self.task.cancel()
+        self._taken = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         return self.at
 
 
@@ -510,7 +521,7 @@ class TaskLoop:
 
     async def _start_failed(self, held: _Held) -> bool:
         """Whether recording the start failed; if so, the attempt is over."""
-        if held.start is None or not held.start.sent:
+        if held.start is None or held.start.task is None:
             return False  # not recorded on its own
         try:
             await held.start.task
@@ -652,7 +663,9 @@ def _open(gate: asyncio.Future[bool] | None) -> None:
 async def _passed(sent: asyncio.Future[bool] | None) -> None:
     """Wait for a Process call to have written its requests, if it has not."""
     if sent is not None and not sent.done():
-        await asyncio.wait([sent])
+        # Awaited as is: only a stopping agent cancels this wait, and a cancelled
+        # ``sent`` then merely opens the commit gate that follows it.
+        await sent
 
 
 def _turned_away(error: grpc.aio.AioRpcError) -> bool:
