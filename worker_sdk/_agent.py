@@ -155,8 +155,12 @@ class AgentClient:
     async def send_result(
         self, token: str, key: str, data: DataSource, chunk_size: int
     ) -> None:
+        messages = result_messages(token, key, data, chunk_size)
+        # A value of one chunk is sent from a list, which grpc.aio walks without
+        # the hops of an async iterator; larger data is built as it is taken.
+        small = isinstance(data, bytes) and len(data) <= chunk_size
         reply = await self._stub.SendResult(
-            _aiter(result_messages(token, key, data, chunk_size))
+            iter(list(messages)) if small else _aiter(messages)
         )
         if reply.WhichOneof("type") == "Error":
             raise ResultRefused(key, reply.Error)

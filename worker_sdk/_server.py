@@ -218,7 +218,11 @@ class WorkerServer(worker_service_pb2_grpc.WorkerServicer):
         self, trailing: asyncio.Future[None], context: _Context
     ) -> None:
         try:
-            await asyncio.wait_for(trailing, _HALF_CLOSE_WAIT)
+            # Most agents have half-closed by now: no timer for those.
+            if trailing.done():
+                trailing.result()
+            else:
+                await asyncio.wait_for(trailing, _HALF_CLOSE_WAIT)
         except ProtocolError as error:
             await self._refuse(context, error)
         except asyncio.TimeoutError:
