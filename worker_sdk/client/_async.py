@@ -55,6 +55,9 @@ __all__ = ["AsyncClient", "AsyncSession"]
 
 logger = logging.getLogger(__name__)
 
+# How long a finished result stream may take to send its status.
+_STATUS_WAIT = 1.0
+
 DEFAULT_BATCH_SIZE = 500
 DEFAULT_BATCH_BYTES = 64 * 1024 * 1024
 # Keys per WatchResults request, so that no request grows with the number of keys.
@@ -435,6 +438,7 @@ class AsyncSession:
                 async for reply in call:
                     chunk = _chunk(reply, key)
                     if chunk is None:
+                        await _ended(call)
                         return
                     yield chunk
             raise ClientError(f"{doing}: the stream ended before the data was complete")
@@ -564,3 +568,12 @@ def _chunk(reply: submitter_common_pb2.ResultReply, key: str) -> bytes | None:
     if kind == "not_completed_task":
         raise ResultNotReady(key, reply.not_completed_task or "unknown")
     raise ClientError(f"reading result {key!r}: the control plane sent an empty reply")
+
+
+async def _ended(call: grpc.aio.Call) -> None:
+    """Wait briefly for the status that follows a stream's last message: a call
+    cancelled before it arrives costs both sides more than the wait."""
+    if call.done():
+        return
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(call.code(), _STATUS_WAIT)
