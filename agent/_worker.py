@@ -107,8 +107,20 @@ class WorkerLink:
 
         ``dispatch`` follows the writing of the requests.
         """
-        requests = self._requests(attempt, data, dispatch)
-        call = self._stub.Process(requests, timeout=timeout)
+        # Written here rather than handed over as an iterator, which grpc.aio would
+        # drain from a task of its own.
+        call = self._stub.Process(timeout=timeout)
+        try:
+            async for request in self._requests(attempt, data, dispatch):
+                await call.write(request)
+            await call.done_writing()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the call ended before its last request: its status says why
+        except BaseException:
+            # The task's data could not be read, or the attempt is being stopped:
+            # the worker must not wait for the rest of the stream.
+            call.cancel()
+            raise
         reply: worker_common_pb2.ProcessReply = await call
         return reply
 
