@@ -41,6 +41,8 @@ def test_a_quick_end_to_end_run_prints_its_figures() -> None:
     assert "tasks/s" in printed
     assert "submit to result" in printed
     assert "results/s, 16 streams in flight" in printed
+    assert "floor: a bare CreateSmallTasks" in printed
+    assert "bare calls, " in printed and "ms p50 added up" in printed
     # Without Celery or redis-server, our figures come alone, with a note.
     assert (
         "ratio to celery" in printed or "the Celery baseline could not run" in printed
