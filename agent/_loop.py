@@ -97,7 +97,7 @@ class _Start:
     def _begun(self, begun: asyncio.Future[bool]) -> None:
         # A call that ended before its first request leaves the attempt to the
         # code that handles its end; so does one whose start was taken already.
-        if not begun.result() or self._taken:
+        if begun.cancelled() or not begun.result() or self._taken:
             return
         self.at = datetime.now(timezone.utc)
         self._timer = asyncio.get_running_loop().call_later(_START_DELAY, self._send)

@@ -103,7 +103,8 @@ class WorkerLink:
         timeout: float | None,
         dispatch: Dispatch | None = None,
     ) -> worker_common_pb2.ProcessReply:
-        """Run the attempt on the worker; raises grpc.aio.AioRpcError on failure.
+        """Run the attempt on the worker; raises grpc.aio.AioRpcError if the call
+        fails, and the backend's error if the task's data cannot be read.
 
         ``dispatch`` follows the writing of the requests.
         """
