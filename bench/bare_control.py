@@ -1,10 +1,5 @@
-"""The floor of a client's calls to a control plane: a bare grpc.aio Submitter.
-
-It answers ``CreateSmallTasks`` and ``TryGetResultStream`` with fixed replies, over
-TCP on the loopback, with no backend behind it. Timing one task's submission and
-one result's read against it gives the least those two calls can cost on this
-machine, whatever a control plane does to answer them.
-"""
+"""The floor of a client's calls to a control plane: a bare grpc.aio Submitter that
+answers CreateSmallTasks and TryGetResultStream at once, with no backend behind it."""
 
 from __future__ import annotations
 
