@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent._errors import AgentError
+from agent._ports import free_port
 from agent.backend import Backend, open_backend
 from agent.control._config import ControlPlaneConfig
 from agent.control._server import ControlPlane
@@ -70,13 +70,6 @@ class LocalConfig:
             raise ValueError("no worker command: give it after --")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, not {self.workers}")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class _Supervised:
@@ -233,7 +226,7 @@ class LocalGrid:
         folder = self._folder / f"pod-{index}"
         folder.mkdir(mode=0o700)
         worker_socket, agent_socket = folder / "worker.sock", folder / "agent.sock"
-        health_port = _free_port()
+        health_port = free_port()
         config = self.config
         agent = _Supervised(
             f"agent-{index}",

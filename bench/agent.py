@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import json
 import shutil
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 # the agent package it measures: the repository's root goes first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent._ports import free_port
 from agent.backend import (
     Backend,
     BlobRef,
@@ -91,13 +91,6 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 
 # --- processes ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Run:

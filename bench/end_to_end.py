@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from typing import TypeVar
 # would shadow the packages it measures: the repository's root goes first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent._ports import free_port
 from bench import agent as agent_bench
 from bench._common import BenchError, Child, print_header, row, run_benchmark
 from bench.bare_control import bare_call_latencies
@@ -129,13 +129,6 @@ def progress(line: str) -> None:
 def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 # --- processes and their CPU ----------------------------------------------------

@@ -28,6 +28,7 @@ from pathlib import Path
 # the agent package it measures: the repository's root goes first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent._ports import free_port
 from agent.backend import (
     Backend,
     EventKind,
@@ -45,7 +46,7 @@ from bench._common import (
     run_benchmark,
     wait_for_socket,
 )
-from bench.agent import _chunks, free_port, http_status, kernel_options
+from bench.agent import _chunks, http_status, kernel_options
 from bench.end_to_end import redis_server, wait_redis
 
 TARGET_RATIO = 0.8

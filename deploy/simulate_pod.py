@@ -45,6 +45,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from agent._ports import free_port
 from samples.pi.__main__ import estimate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -296,13 +297,6 @@ def container_ports(spec: Mapping[str, Any]) -> dict[str, int]:
 # -- on this machine -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _after_prefix(path: str, found: re.Match[str]) -> str:
     return found.group(1) + path
 
@@ -479,7 +473,7 @@ class Pod:
         self.folder = folder / self.name
         self.folder.mkdir(mode=0o700)
         named = container_ports(self.spec)
-        self.ports = {number: _free_port() for number in set(named.values())}
+        self.ports = {number: free_port() for number in set(named.values())}
         self._named = named
         volumes = self._volumes()
         self.containers = [
@@ -668,7 +662,7 @@ class Simulation:
         data = self.folder / "redis-data"
         data.mkdir()
         args = [str(data) if arg == "/data" else str(arg) for arg in container["args"]]
-        port = _free_port()
+        port = free_port()
         command = [binary, *args, "--port", str(port), "--bind", "127.0.0.1"]
         log = (self.folder / "redis.log").open("wb")
         redis = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

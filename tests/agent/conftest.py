@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from agent._ports import free_port
 from agent.backend import (
     Backend,
     NewTask,
@@ -35,13 +35,6 @@ from gridpod_api import objects_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 HANDLER = "tests.agent.handlers:Grid"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def options(

@@ -17,19 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from agent._ports import free_port
 from worker_sdk import TaskOptions
 from worker_sdk.client import Client, ControlPlaneUnavailable, TaskSpec
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = [sys.executable, "-m", "worker_sdk", "tests.agent.handlers:Grid"]
 READY_TIMEOUT = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _descendants(pid: int) -> set[int]:
@@ -75,7 +69,7 @@ class LocalGridProcess:
 
 @pytest.fixture
 def local_grid() -> Iterator[LocalGridProcess]:
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "agent", "local"),

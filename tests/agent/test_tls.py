@@ -21,9 +21,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from agent._ports import free_port
 from agent._worker import WorkerLink
 from gridpod_api import objects_pb2, worker_service_pb2_grpc
-from tests.agent.conftest import HANDLER, ROOT, Grid, free_port, options
+from tests.agent.conftest import HANDLER, ROOT, Grid, options
 from tests.agent.handlers import Grid as GridHandler
 from tests.control.certificates import Pki, make_pki
 from worker_sdk import Address, WorkerConfig, WorkerServer

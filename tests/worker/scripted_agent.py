@@ -10,7 +10,6 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from typing import IO, Generic, Literal, TypeAlias, TypeVar
 
 import grpc
 
+from agent._ports import free_port
 from gridpod_api import (
     agent_common_pb2,
     agent_service_pb2_grpc,
@@ -61,13 +61,6 @@ AddressStyle = Literal["unix", "path", "tcp"]
 def dial_target(address: str) -> str:
     """The gRPC target for an address the worker accepts (a bare path is a socket)."""
     return f"unix://{address}" if address.startswith("/") else address
-
-
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def chunked(data: bytes, size: int) -> list[bytes]:
@@ -932,7 +925,7 @@ class Pod:
 def _bind_and_dial(style: AddressStyle, workdir: Path, name: str) -> tuple[str, str]:
     """Where a server binds, and the address spelled as the worker CLI is given it."""
     if style == "tcp":
-        address = f"127.0.0.1:{free_tcp_port()}"
+        address = f"127.0.0.1:{free_port()}"
         return address, address
     path = workdir / f"{name}.sock"
     return f"unix://{path}", f"unix://{path}" if style == "unix" else str(path)
