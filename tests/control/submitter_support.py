@@ -8,7 +8,7 @@ import contextlib
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -187,6 +187,26 @@ async def create_tasks(
 
 def status_of(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
     return error.code(), error.details() or ""
+
+
+# When one of its writes fails because the server already ended the call, grpc.aio's
+# client sets this status in place of the server's, if it had not read that one yet.
+_STATUS_LOST_BY_THE_CLIENT = (grpc.StatusCode.INTERNAL, "Internal error from Core")
+
+
+async def refusal_of(
+    call: Callable[[], Awaitable[object]], attempts: int = 5
+) -> tuple[grpc.StatusCode, str]:
+    """The status of a client stream that the server refuses before its end, made
+    again while the client library lost the server's answer to that race (a
+    refused stream stores nothing, so the next try meets the same state)."""
+    for _ in range(attempts):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call()
+        status = status_of(caught.value)
+        if status != _STATUS_LOST_BY_THE_CLIENT:
+            break
+    return status
 
 
 # -- the agent's part -------------------------------------------------------------

@@ -38,6 +38,7 @@ from tests.control.submitter_support import (
     new_session,
     not_yet,
     options,
+    refusal_of,
     serve,
     status_of,
     stored_blobs,
@@ -217,9 +218,9 @@ async def test_create_large_tasks_grammar_violations(
     grid: Grid, build: Callable[[str], list[Large]], named: str
 ) -> None:
     session_id = await new_session(grid)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await grid.stub.CreateLargeTasks(stream(build(session_id)))
-    code, details = status_of(caught.value)
+    code, details = await refusal_of(
+        lambda: grid.stub.CreateLargeTasks(stream(build(session_id)))
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert named in details
     assert await grid.backend.count_tasks(TaskQuery(session_ids=[session_id])) == {}
