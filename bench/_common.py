@@ -17,6 +17,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+# Before grpc: every process of a benchmark, the bare floor's included, runs gRPC
+# with the settings our agent and worker run with, inherited from this one.
+from worker_sdk._grpc_defaults import GRPC_DEFAULTS  # isort: skip
+
 import grpc
 import uvloop
 
@@ -306,6 +310,8 @@ def print_header(title: str, more: str = "") -> None:
         f"gridpod {title} benchmark: Python {platform.python_version()}, "
         f"{versions}, {os.cpu_count()} CPUs; figures vary from run to run"
     )
+    settings = ", ".join(f"{name}={os.environ.get(name)}" for name in GRPC_DEFAULTS)
+    print(f"gRPC settings of every process: {settings}")
     print()
 
 

@@ -1,5 +1,7 @@
 """What a kernel author imports to write, test and run an ArmoniK worker."""
 
+# First, so that gRPC loads with the settings it sets.
+from worker_sdk import _grpc_defaults  # noqa: F401
 from worker_sdk._address import Address
 from worker_sdk._errors import (
     AgentError,
