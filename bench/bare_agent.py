@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# Before grpc, so that this process runs gRPC with our processes' settings.
+import worker_sdk._grpc_defaults  # noqa: F401  # isort: skip
 import grpc
 import uvloop
 

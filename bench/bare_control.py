@@ -8,6 +8,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+# Before grpc, so that this process runs gRPC with our processes' settings.
+import worker_sdk._grpc_defaults  # noqa: F401  # isort: skip
 import grpc
 
 from bench._common import CHANNEL_OPTIONS

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+# Before grpc, so that this process runs gRPC with our processes' settings.
+import worker_sdk._grpc_defaults  # noqa: F401  # isort: skip
 import grpc
 
 # Run as a script, this file's folder heads sys.path; the bench package is found
