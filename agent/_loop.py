@@ -37,6 +37,7 @@ from agent.backend import (
     Topic,
 )
 from gridpod_api import worker_common_pb2
+from worker_sdk._logging import log_line
 from worker_sdk._server import DRAINING_DETAILS
 
 __all__ = ["TaskLoop"]
@@ -639,14 +640,12 @@ class TaskLoop:
         duration = time.monotonic() - held.acquired if held is not None else 0.0
         if held is not None and status.is_final:
             _metrics.TASK_SECONDS.observe(duration)
-        logger.info(
-            "task %s attempt %d %s",
-            attempt.task.task_id,
-            attempt.task.attempt,
-            what,
-            extra=_extra(
-                attempt, status=status.name, duration_ms=round(duration * 1000, 3)
-            ),
+        task = attempt.task
+        log_line(
+            logger,
+            logging.INFO,
+            f"task {task.task_id} attempt {task.attempt} {what}",
+            _extra(attempt, status=status.name, duration_ms=round(duration * 1000, 3)),
         )
 
 

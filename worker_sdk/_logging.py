@@ -10,7 +10,16 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
+
+__all__ = [
+    "BatchingStreamHandler",
+    "JsonFormatter",
+    "TextFormatter",
+    "configure",
+    "log_line",
+]
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -20,32 +29,70 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD}
 
 
-class JsonFormatter(logging.Formatter):
+def _local_time(created: float, pattern: str) -> str:
+    return time.strftime(pattern, time.localtime(created))
+
+
+_Extras = Mapping[str, Any]
+
+
+def _json_line(at: float, level: str, name: str, message: str, extras: _Extras) -> str:
+    entry = {
+        "time": _local_time(at, "%Y-%m-%dT%H:%M:%S"),
+        "level": level,
+        "logger": name,
+        "message": message,
+        **extras,
+    }
+    return json.dumps(entry, default=str)
+
+
+def _text_line(at: float, level: str, name: str, message: str, extras: _Extras) -> str:
+    # The time as logging.Formatter's default asctime: milliseconds last.
+    millis = int((at - int(at)) * 1000)
+    text = f"{_local_time(at, '%Y-%m-%d %H:%M:%S')},{millis:03d} {level} {name}: "
+    text += message
+    if extras:
+        text += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+    return text
+
+
+class _LineFormatter(logging.Formatter):
+    """Builds a record's line from its parts, which the hot path hands over with
+    no record at all (``log_line``)."""
+
+    line: Callable[[float, str, str, str, _Extras], str]
+
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            **_extras(record),
-        }
+        return self._line_of(record, _extras(record))
+
+    def _line_of(self, record: logging.LogRecord, extras: _Extras) -> str:
+        message = record.getMessage()
+        return self.line(record.created, record.levelname, record.name, message, extras)
+
+
+class JsonFormatter(_LineFormatter):
+    line = staticmethod(_json_line)
+
+    def format(self, record: logging.LogRecord) -> str:
+        extras = _extras(record)
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+            extras["exception"] = self.formatException(record.exc_info)
+        return self._line_of(record, extras)
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(_LineFormatter):
     """One line per record, its ``extra`` fields as key=value after the message;
     a traceback, if any, follows on the next lines."""
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    line = staticmethod(_text_line)
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
-        text = super().formatMessage(record)
-        extras = _extras(record)
-        if extras:
-            text += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            text += "\n" + self.formatStack(record.stack_info)
         return text
 
 
@@ -78,6 +125,23 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if record.levelno >= logging.WARNING:
             self.flush()
 
+    def emit_line(self, level: int, name: str, message: str, extras: Any) -> None:
+        """Write what ``format`` would make of such a record, without making one."""
+        formatter = self.formatter
+        assert isinstance(formatter, _LineFormatter)
+        text = formatter.line(
+            time.time(), logging.getLevelName(level), name, message, extras
+        )
+        self.acquire()
+        try:
+            self.stream.write(text + self.terminator)
+        except Exception:
+            self.handleError(logging.makeLogRecord({"msg": message}))
+        finally:
+            self.release()
+        if level >= logging.WARNING:
+            self.flush()
+
     def flush(self) -> None:
         self._last_flush = time.monotonic()
         with contextlib.suppress(ValueError, OSError):
@@ -107,3 +171,41 @@ def configure(log_format: str, level: int | str = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def log_line(
+    logger: logging.Logger, level: int, message: str, extras: Mapping[str, Any]
+) -> None:
+    """``logger.log(level, message, extra=extras)`` for the lines of the hot path.
+
+    When the handler that ``configure`` installed is the only one the record would
+    reach, and nothing filters it, the line is written straight away: making a
+    LogRecord and passing it through the handler chain costs several times more.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    handler = _sole_handler(logger)
+    if handler is None or handler.level > level:
+        logger.log(level, "%s", message, extra=extras)
+        return
+    handler.emit_line(level, logger.name, message, extras)
+
+
+def _sole_handler(logger: logging.Logger) -> BatchingStreamHandler | None:
+    found: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters or current.disabled:
+            return None
+        found.extend(current.handlers)
+        if not current.propagate:
+            break
+        current = current.parent
+    if len(found) != 1:
+        return None
+    handler = found[0]
+    if not isinstance(handler, BatchingStreamHandler) or handler.filters:
+        return None
+    if not isinstance(handler.formatter, _LineFormatter):
+        return None
+    return handler

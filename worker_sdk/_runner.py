@@ -14,6 +14,7 @@ from worker_sdk import _metrics
 from worker_sdk._agent import AgentPort
 from worker_sdk._errors import AgentError, KernelNotFound, OutputError
 from worker_sdk._handler import TaskHandler, is_async
+from worker_sdk._logging import log_line
 from worker_sdk._model import Configuration
 from worker_sdk._process import TaskInput
 from worker_sdk._task import Task
@@ -115,13 +116,12 @@ class Runner:
         extra.update(
             duration_ms=round(elapsed * 1000, 3), outcome=outcome.error or "ok"
         )
-        logger.info(
-            "task %s kernel %s %s in %.1f ms",
-            task.task_id,
-            name,
-            "ok" if outcome.ok else "failed",
-            elapsed * 1000,
-            extra=extra,
+        verdict = "ok" if outcome.ok else "failed"
+        log_line(
+            logger,
+            logging.INFO,
+            f"task {task.task_id} kernel {name} {verdict} in {elapsed * 1000:.1f} ms",
+            extra,
         )
         return outcome
 
