@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 
 import pytest
@@ -37,5 +38,5 @@ def test_a_port_in_use_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
         spare = free_port()
         _ports._handed_out.discard(spare)
         draws = iter([taken, spare])
-        monkeypatch.setattr(_ports.random, "randrange", lambda *_: next(draws))
+        monkeypatch.setattr(random, "randrange", lambda *_: next(draws))
         assert free_port() == spare

@@ -134,7 +134,7 @@ class Hub:
                 for confirmed in self._confirmed.values():
                     confirmed.clear()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def _relay(self, pubsub: PubSub) -> None:
         while not self._closing:
