@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Generic, TypeVar
 
 # Run as a script, this file's folder heads sys.path, where this module would shadow
 # the agent package it measures: the repository's root goes first.
@@ -57,6 +58,8 @@ from gridpod_api import objects_pb2
 TARGET_RATIO = 0.7
 TARGET_AGENT_RSS = 150 * MIB
 CONCURRENCY = 8
+# Each column's tasks are run in this many rounds, the columns taking turns.
+ROUNDS = 3
 # Room left on the disk besides the payload's two copies: SQLite's and the worker's.
 DISK_MARGIN = 256 * MIB
 READY_POLL = 0.005
@@ -309,6 +312,10 @@ class EmptyRun:
     calls: dict[str, tuple[float, float]]
 
     @property
+    def tasks(self) -> int:
+        return len(self.records)
+
+    @property
     def rate(self) -> float:
         ended = max(_seconds(record.ended_at) for record in self.records)
         return len(self.records) / (ended - self.started)
@@ -326,21 +333,25 @@ class FloorRun:
     worker_peak: int
     calls: dict[str, tuple[float, float]]
 
+    @property
+    def tasks(self) -> int:
+        return len(self.latencies)
+
 
 async def agent_empty_run(
-    run: Run, settings: Settings, concurrency: int, sdk: bool
+    run: Run, settings: Settings, concurrency: int, tasks: int, *, sdk: bool
 ) -> EmptyRun:
     db_path = run.folder / "state.db"
     url = f"sqlite://{db_path}"
     backend = open_backend(url)
     try:
         blob = await backend.write_blob(_chunks([TINY_PAYLOAD]))
-        records = await submit(backend, blob, settings.tasks, "empty")
+        records = await submit(backend, blob, tasks, "empty")
         worker = run.sdk_worker("Empty") if sdk else run.bare_worker("empty")
         agent = run.agent(url, concurrency, settings.chunk_size)
         async with pod(run, agent, worker) as running:
             cpu = agent.cpu_seconds()
-            timeout = 60 + settings.tasks / 20
+            timeout = 60 + tasks / 20
             session_id = records[0].session_id
             await wait_results(db_path, session_id, len(records), running, timeout)
             cpu = agent.cpu_seconds() - cpu
@@ -393,14 +404,40 @@ async def floor_run(
     )
 
 
+_Run = TypeVar("_Run", FloorRun, EmptyRun)
+
+
+@dataclass(frozen=True)
+class Column(Generic[_Run]):
+    """One column's runs at one concurrency, each made in a round of its own."""
+
+    runs: list[_Run]
+
+    @property
+    def tasks(self) -> int:
+        return sum(run.tasks for run in self.runs)
+
+    @property
+    def rate(self) -> float:
+        return self.tasks / sum(run.tasks / run.rate for run in self.runs)
+
+    @property
+    def agent_cpu(self) -> float:
+        return sum(run.agent_cpu for run in self.runs)
+
+    @property
+    def agent_peak(self) -> int:
+        return max(run.agent_peak for run in self.runs)
+
+
 @dataclass
 class EmptyFigures:
-    floor: dict[int, FloorRun]
-    ours: dict[int, EmptyRun]
-    ours_bare: dict[int, EmptyRun]
+    floor: dict[int, Column[FloorRun]]
+    ours: dict[int, Column[EmptyRun]]
+    ours_bare: dict[int, Column[EmptyRun]]
 
-    def at(self, concurrency: int) -> tuple[FloorRun | EmptyRun, ...]:
-        """The runs at ``concurrency``, in the order of ``COLUMNS``."""
+    def at(self, concurrency: int) -> tuple[Column[FloorRun] | Column[EmptyRun], ...]:
+        """The columns at ``concurrency``, in the order of ``COLUMNS``."""
         return (
             self.floor[concurrency],
             self.ours[concurrency],
@@ -408,27 +445,37 @@ class EmptyFigures:
         )
 
 
+def round_sizes(tasks: int) -> list[int]:
+    """The tasks of each round: ``tasks`` split in up to ``ROUNDS`` parts of at
+    least two tasks (a sequential run's cycles need two)."""
+    rounds = max(1, min(ROUNDS, tasks // 2))
+    return [tasks // rounds + (1 if n < tasks % rounds else 0) for n in range(rounds)]
+
+
 async def empty_tasks(settings: Settings, runs: RunFolders) -> EmptyFigures:
-    """Each concurrency's three runs back to back, so that they share the machine's
-    mood of the moment."""
+    """Each concurrency's three columns in interleaved rounds, so that a drift of
+    the machine's speed during the runs weighs on every column alike."""
     figures = EmptyFigures({}, {}, {})
     for concurrency in (1, CONCURRENCY):
         label = "sequential" if concurrency == 1 else f"{concurrency} in flight"
-        progress(f"empty tasks, {label}: {FLOOR}")
-        figures.floor[concurrency] = await floor_run(
-            runs.new(f"floor-c{concurrency}"),
-            settings,
-            concurrency,
-            tasks=settings.tasks,
-        )
-        progress(f"empty tasks, {label}: {OURS}")
-        figures.ours[concurrency] = await agent_empty_run(
-            runs.new(f"sdk-c{concurrency}"), settings, concurrency, sdk=True
-        )
-        progress(f"empty tasks, {label}: {OURS_BARE}")
-        figures.ours_bare[concurrency] = await agent_empty_run(
-            runs.new(f"bare-c{concurrency}"), settings, concurrency, sdk=False
-        )
+        floor: list[FloorRun] = []
+        ours: list[EmptyRun] = []
+        ours_bare: list[EmptyRun] = []
+        sizes = round_sizes(settings.tasks)
+        for number, tasks in enumerate(sizes, 1):
+            step = f"empty tasks, {label}, round {number} of {len(sizes)}"
+            progress(f"{step}: {FLOOR}")
+            folder = runs.new(f"floor-c{concurrency}")
+            floor.append(await floor_run(folder, settings, concurrency, tasks=tasks))
+            for sdk, column in ((True, ours), (False, ours_bare)):
+                progress(f"{step}: {OURS if sdk else OURS_BARE}")
+                folder = runs.new(f"{'sdk' if sdk else 'bare'}-c{concurrency}")
+                column.append(
+                    await agent_empty_run(folder, settings, concurrency, tasks, sdk=sdk)
+                )
+        figures.floor[concurrency] = Column(floor)
+        figures.ours[concurrency] = Column(ours)
+        figures.ours_bare[concurrency] = Column(ours_bare)
     return figures
 
 
@@ -454,6 +501,11 @@ class Phases:
     cycle: list[float]
     call: list[float]
     gap: list[float]
+
+    def extend(self, other: Phases) -> None:
+        self.cycle.extend(other.cycle)
+        self.call.extend(other.call)
+        self.gap.extend(other.gap)
 
 
 def sequential_phases(sample: EmptyRun) -> Phases:
@@ -606,14 +658,16 @@ def _quantiles(label: str, values: Sequence[float]) -> str:
 
 
 def report_empty(settings: Settings, figures: EmptyFigures) -> list[str]:
+    rounds = len(round_sizes(settings.tasks))
     print(
-        f"empty tasks: {settings.tasks:,} per run, submitted in one batch; tasks/s "
-        "from the agent's readiness (/readyz)"
+        f"empty tasks: {settings.tasks:,} per column in {rounds} rounds, the columns "
+        "taking turns, each round's submitted in one batch;"
     )
     print(
-        "  to its last commit (the last ended_at, once a read-only SQL count finds "
-        "every result COMPLETED)"
+        "  tasks/s from the agent's readiness (/readyz) to its last commit (the last "
+        "ended_at, once a read-only SQL count"
     )
+    print("  finds every result COMPLETED), the rounds' tasks over their time")
     print(
         f"  ({FLOOR}: bare agent -> bare worker, no backend; {OURS}: agent run -> "
         f"python -m worker_sdk; {OURS_BARE}: agent run -> bare worker)"
@@ -627,7 +681,7 @@ def report_empty(settings: Settings, figures: EmptyFigures) -> list[str]:
         print(_columns(f"tasks/s, {label}", (f"{s.rate:.0f}" for s in samples)))
         ratios = ["-", *(f"{s.rate / floor:.2f}" for s in samples[1:])]
         print(_columns(f"ratio to floor, {label}", ratios))
-        cpu = (f"{s.agent_cpu / settings.tasks * 1e6:.0f}" for s in samples)
+        cpu = (f"{s.agent_cpu / s.tasks * 1e6:.0f}" for s in samples)
         print(_columns(f"agent CPU/task (us), {label}", cpu))
         if samples[1].rate / floor < TARGET_RATIO:
             missed.append(
@@ -640,14 +694,22 @@ def report_empty(settings: Settings, figures: EmptyFigures) -> list[str]:
 
 
 def report_overhead(figures: EmptyFigures) -> None:
-    floor = figures.floor[1]
-    phases = sequential_phases(figures.ours_bare[1])
-    floor_inside, floor_beyond = floor_beyond_call(floor)
+    floor_runs = figures.floor[1].runs
+    latencies = [value for run in floor_runs for value in run.latencies]
+    phases = Phases([], [], [])
+    for run in figures.ours_bare[1].runs:
+        phases.extend(sequential_phases(run))
+    floor_inside: list[float] = []
+    floor_beyond: list[float] = []
+    for floor in floor_runs:
+        inside, beyond = floor_beyond_call(floor)
+        floor_inside += inside
+        floor_beyond += beyond
+    ours = [cycle for run in figures.ours[1].runs for cycle in cycles(run)]
     print()
     print("per task, sequential (ms; the method is described in bench/agent.py)")
     print(row("", ("p50", "p99"), width=10, label_width=48))
-    print(_quantiles(f"{FLOOR}: one task (the Process call)", floor.latencies))
-    ours = cycles(figures.ours[1])
+    print(_quantiles(f"{FLOOR}: one task (the Process call)", latencies))
     print(_quantiles(f"{OURS}: one task (start to next start)", ours))
     print(_quantiles(f"{OURS_BARE}: one task (call to next call)", phases.cycle))
     print(_quantiles(f"{FLOOR}: the call, inside the bare worker", floor_inside))
@@ -655,7 +717,7 @@ def report_overhead(figures: EmptyFigures) -> None:
     gap = phases.gap
     print(_quantiles(f"{OURS_BARE}: the agent's time between calls", gap))
     print(_quantiles(f"{FLOOR}: beyond the call (client, transport)", floor_beyond))
-    overhead, whole = percentile(gap, 0.5), percentile(floor.latencies, 0.5)
+    overhead, whole = percentile(gap, 0.5), percentile(latencies, 0.5)
     print(
         f"  the agent's own time per task, p50 {_ms(overhead)} ms, is "
         f"{overhead / whole:.0%} of the floor's whole task ({_ms(whole)} ms)"
