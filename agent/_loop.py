@@ -1,7 +1,7 @@
 """The task loop: acquire, read ahead, run on the worker, commit or fail.
 
-One reader acquires tasks ahead of the slots (as many as there are slots), so the
-next task's data is in memory while the current one computes. A keeper renews the
+One reader acquires tasks ahead of the slots, as many as there are slots in one
+batch, so the next task's data is in memory while the current one computes. A keeper renews the
 lease of every task the agent holds, and stops an attempt whose task was cancelled
 or whose lease was lost. Each slot runs one task at a time on the worker.
 """
@@ -168,6 +168,8 @@ class TaskLoop:
         self._worker = worker
         self._registry = registry
         self._ready: asyncio.Queue[_Held] = asyncio.Queue(maxsize=config.concurrency)
+        # Set as a slot takes a task from ``_ready``.
+        self._taken = asyncio.Event()
         self._held: dict[str, _Held] = {}
         self._running: set[_Held] = set()
         # Resolved once the latest Process call has written its requests.
@@ -286,16 +288,26 @@ class TaskLoop:
                     self._worker_ok.wait()
                 ):
                     return
+                await self._all_taken()
                 await _passed(self._last_sent)
-                attempt = await self._acquire()
-                if attempt is None:
+                attempts = await self._acquire(self._config.concurrency)
+                if not attempts:
                     # An empty queue: wait for a wake-up, or poll again after the
                     # idle interval in case one was missed.
                     await self._until_draining(
                         queued.wait(self._config.idle_poll.total_seconds())
                     )
                     continue
-                await self._hold(attempt)
+                for attempt in attempts:
+                    await self._hold(attempt)
+
+    async def _all_taken(self) -> None:
+        """Wait until the slots took every task read ahead, so that the next
+        acquire takes a slot's worth of them: one transaction for several tasks
+        costs less than one each, and this keeps the most in one."""
+        while not self._ready.empty():
+            self._taken.clear()
+            await self._taken.wait()
 
     def _queue_wakeups(self) -> Subscription:
         try:
@@ -331,21 +343,22 @@ class TaskLoop:
             )
             return None
 
-    async def _acquire(self) -> Attempt | None:
+    async def _acquire(self, limit: int) -> list[Attempt]:
         try:
-            attempt = await self._backend.acquire(
+            attempts = await self._backend.acquire_many(
                 self._config.agent_id,
                 self._config.partition_id,
                 self._config.lease,
+                limit,
                 payload_up_to=self._config.prefetch_max_size,
             )
         except BackendError:
             logger.exception("acquiring a task failed")
             await asyncio.sleep(self._config.idle_poll.total_seconds())
-            return None
-        if attempt is not None:
+            return []
+        for attempt in attempts:
             self._note_acquired(attempt)
-        return attempt
+        return attempts
 
     def _note_acquired(self, attempt: Attempt) -> None:
         task = attempt.task
@@ -416,6 +429,7 @@ class TaskLoop:
             if self._ready.empty():
                 _open(gate)  # no next task to wait for
             held = await self._ready.get()
+            self._taken.set()
             if not self._worker_ok.is_set():
                 _open(gate)  # nor while the worker is down
                 await self._until_draining(self._worker_ok.wait())

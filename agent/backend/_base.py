@@ -295,6 +295,32 @@ class Backend(abc.ABC):
         ``agent_id`` until the lease expires, and the attempt gets a fresh token.
         """
 
+    async def acquire_many(
+        self,
+        agent_id: str,
+        partition_id: str,
+        lease: timedelta,
+        limit: int,
+        *,
+        payload_up_to: int = 0,
+    ) -> list[Attempt]:
+        """Take up to ``limit`` tasks as ``acquire`` would, one after the other;
+        fewer, or none, when the partition's queue runs out.
+
+        A backend may take them in one transition, which costs less than
+        ``limit`` of them. Raises ``ValueError`` for a limit below 1.
+        """
+        check_limit(limit)
+        attempts: list[Attempt] = []
+        while len(attempts) < limit:
+            attempt = await self.acquire(
+                agent_id, partition_id, lease, payload_up_to=payload_up_to
+            )
+            if attempt is None:
+                break
+            attempts.append(attempt)
+        return attempts
+
     @abc.abstractmethod
     async def start(self, attempt: Attempt, at: datetime | None = None) -> None:
         """DISPATCHED -> PROCESSING, started ``at`` (now by default). Raises
@@ -524,3 +550,9 @@ class Backend(abc.ABC):
     def subscribe(self, topics: Topic | None = None) -> Subscription:
         """Wake-ups for the topics (every one by default), from commits of every
         process of the backend."""
+
+
+def check_limit(limit: int) -> None:
+    """Refuse a batch size that asks for nothing."""
+    if limit < 1:
+        raise ValueError(f"the limit of a batch must be at least 1, not {limit}")

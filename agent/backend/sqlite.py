@@ -130,6 +130,7 @@ from agent.backend._base import (
     TaskRecord,
     TaskRefusal,
     TaskStatus,
+    check_limit,
 )
 from agent.backend._errors import (
     BackendError,
@@ -1364,27 +1365,52 @@ class _Store:
     # -- the agent's side ---------------------------------------------------------
 
     def acquire(
-        self, agent_id: str, partition_id: str, lease: timedelta, payload_up_to: int
-    ) -> Attempt | None:
-        token = secrets.token_urlsafe(32)
+        self,
+        agent_id: str,
+        partition_id: str,
+        lease: timedelta,
+        payload_up_to: int,
+        limit: int = 1,
+    ) -> list[Attempt]:
+        """Up to ``limit`` tasks, in queue order, in one transaction."""
+        taken: list[tuple[sqlite3.Row, str, bytes | None]] = []
         with self._transaction() as db:
             now = _clock()
             expires = now + lease.total_seconds()
-            row = _one(db, _ACQUIRE, (agent_id, token, expires, now, partition_id))
-            if row is None:
-                return None
-            wanted = row["payload_size"] <= payload_up_to
-            # A small payload is read in this transaction, which costs less than a
-            # read transaction of its own; a large one after it, not to hold the
-            # write lock meanwhile.
-            payload = None
-            if wanted and row["payload_size"] <= _BATCH_BYTES:
-                payload = self.whole_blob(row["payload_blob"])
-        if wanted and payload is None:
-            payload = self.whole_blob(row["payload_blob"])
-        return Attempt(
-            task_record(row), agent_id, token, _utc(expires), payload_data=payload
-        )
+            while len(taken) < limit:
+                token = secrets.token_urlsafe(32)
+                row = _one(db, _ACQUIRE, (agent_id, token, expires, now, partition_id))
+                if row is None:
+                    break
+                # A small payload is read in this transaction, which costs less
+                # than a read transaction of its own; a large one after it, not to
+                # hold the write lock meanwhile.
+                size = row["payload_size"]
+                small = size <= min(payload_up_to, _BATCH_BYTES)
+                taken.append(
+                    (
+                        row,
+                        token,
+                        self.whole_blob(row["payload_blob"]) if small else None,
+                    )
+                )
+        return [
+            Attempt(
+                task_record(row),
+                agent_id,
+                token,
+                _utc(expires),
+                payload_data=self._payload(row, payload, payload_up_to),
+            )
+            for row, token, payload in taken
+        ]
+
+    def _payload(
+        self, row: sqlite3.Row, read: bytes | None, payload_up_to: int
+    ) -> bytes | None:
+        if read is not None or row["payload_size"] > payload_up_to:
+            return read
+        return self.whole_blob(row["payload_blob"])
 
     def start(self, attempt: Attempt, at: float | None = None) -> None:
         with self._transaction() as db:
@@ -2113,8 +2139,23 @@ class SqliteBackend(Backend):
         *,
         payload_up_to: int = 0,
     ) -> Attempt | None:
-        return await self._short(
+        attempts = await self._short(
             self._store.acquire, agent_id, partition_id, lease, payload_up_to
+        )
+        return attempts[0] if attempts else None
+
+    async def acquire_many(
+        self,
+        agent_id: str,
+        partition_id: str,
+        lease: timedelta,
+        limit: int,
+        *,
+        payload_up_to: int = 0,
+    ) -> list[Attempt]:
+        check_limit(limit)
+        return await self._short(
+            self._store.acquire, agent_id, partition_id, lease, payload_up_to, limit
         )
 
     async def start(self, attempt: Attempt, at: datetime | None = None) -> None:

@@ -7,11 +7,19 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from agent.backend import Backend, LeaseLost, NewTask, TaskCancelled, TaskStatus
+from agent.backend import (
+    Attempt,
+    Backend,
+    LeaseLost,
+    NewTask,
+    TaskCancelled,
+    TaskStatus,
+)
 from gridpod_api import objects_pb2
 from tests.backend.support import (
     AGENT,
     LEASE,
+    blob,
     later,
     new_task,
     session,
@@ -254,3 +262,96 @@ async def test_a_payload_larger_than_asked_for_stays_in_its_blob(
 
     assert small is not None and small.payload_data == b"payload"
     assert large is not None and large.payload_data is None
+
+
+async def test_a_batch_takes_tasks_in_queue_order(backend: Backend) -> None:
+    sid = await session(backend)
+    low = objects_pb2.TaskOptions(priority=1)
+    high = objects_pb2.TaskOptions(priority=7)
+    olds = await submit(
+        backend,
+        sid,
+        await new_task(backend, ["a"]),
+        await new_task(backend, ["b"]),
+        options=low,
+    )
+    [urgent] = await submit(backend, sid, await new_task(backend, ["c"]), options=high)
+    [new] = await submit(backend, sid, await new_task(backend, ["d"]), options=low)
+
+    first = await backend.acquire_many(AGENT, "", LEASE, 3)
+    rest = await backend.acquire_many(AGENT, "", LEASE, 3)
+
+    taken = [a.task.task_id for a in first + rest]
+    assert taken == [urgent.task_id] + [t.task_id for t in olds] + [new.task_id]
+    assert [len(first), len(rest)] == [3, 1]
+    assert await backend.acquire_many(AGENT, "", LEASE, 3) == []
+
+
+async def test_a_batch_is_dispatched_with_a_token_and_lease_each(
+    backend: Backend,
+) -> None:
+    sid = await session(backend)
+    tasks = await submit(
+        backend, sid, *[await new_task(backend, [f"out-{n}"]) for n in range(4)]
+    )
+    before = datetime.now(timezone.utc)
+
+    attempts = await backend.acquire_many("agent-7", "", timedelta(seconds=60), 4)
+
+    assert {a.task.task_id for a in attempts} == {t.task_id for t in tasks}
+    assert len({a.token for a in attempts}) == 4
+    for attempt in attempts:
+        assert attempt.agent_id == "agent-7"
+        assert attempt.task.status == TaskStatus.DISPATCHED
+        assert attempt.lease_expires_at - before >= timedelta(seconds=59)
+        record = await backend.get_task(attempt.task.task_id)
+        assert record.status == TaskStatus.DISPATCHED
+        assert record.owner_agent_id == "agent-7"
+    # Each attempt ends on its own: another's token does not stand for it.
+    first, second, *_ = attempts
+    await backend.complete(first, _values(first))
+    with pytest.raises(LeaseLost):
+        await backend.renew(first, LEASE)
+    await backend.renew(second, LEASE)
+    assert (await backend.get_task(second.task.task_id)).status == (
+        TaskStatus.DISPATCHED
+    )
+
+
+async def test_a_batch_brings_the_payloads_asked_for(backend: Backend) -> None:
+    sid = await session(backend)
+    small = NewTask(await blob(backend, b"tiny"), ["small"])
+    large = NewTask(await blob(backend, b"x" * 100), ["large"])
+    await submit(backend, sid, small, large)
+
+    attempts = await backend.acquire_many(AGENT, "", LEASE, 2, payload_up_to=10)
+
+    payloads = {a.task.expected_outputs[0]: a.payload_data for a in attempts}
+    assert payloads == {"small": b"tiny", "large": None}
+
+
+async def test_a_batch_takes_only_its_partition(backend: Backend) -> None:
+    sid = await session(backend, partitions=["cpu", "gpu"])
+    cpu = objects_pb2.TaskOptions(partition_id="cpu")
+    gpu = objects_pb2.TaskOptions(partition_id="gpu")
+    [on_cpu] = await submit(backend, sid, await new_task(backend, ["c"]), options=cpu)
+    await submit(backend, sid, await new_task(backend, ["g"]), options=gpu)
+
+    attempts = await backend.acquire_many(AGENT, "cpu", LEASE, 5)
+
+    assert [a.task.task_id for a in attempts] == [on_cpu.task_id]
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+async def test_a_batch_of_nothing_is_refused(backend: Backend, limit: int) -> None:
+    sid = await session(backend)
+    [task] = await submit(backend, sid, await new_task(backend, ["x"]))
+
+    with pytest.raises(ValueError, match="at least 1"):
+        await backend.acquire_many(AGENT, "", LEASE, limit)
+
+    assert (await backend.get_task(task.task_id)).status == TaskStatus.SUBMITTED
+
+
+def _values(attempt: Attempt) -> dict[str, bytes]:
+    return {key: key.encode() for key in attempt.task.expected_outputs}

@@ -60,22 +60,27 @@ async def _check_each_ran_once(
         assert await read(backend.read_result(session_id, key)) == task.task_id.encode()
 
 
+@pytest.mark.parametrize("batch", [1, 4])
 async def test_concurrent_acquirers_on_one_instance_run_each_task_once(
-    backend: Backend,
+    backend: Backend, batch: int
 ) -> None:
     sid = await session(backend)
     tasks, last = await _submit_pairs(backend, sid, 60)
 
     runs = await asyncio.gather(
-        *(processes.run_until_done(backend, f"agent-{n}", sid, last) for n in range(8))
+        *(
+            processes.run_until_done(backend, f"agent-{n}", sid, last, batch)
+            for n in range(8)
+        )
     )
 
     await _check_each_ran_once(backend, sid, tasks, [t for run in runs for t in run])
     assert sum(1 for run in runs if run) >= 2
 
 
+@pytest.mark.parametrize("batch", [1, 8])
 async def test_processes_sharing_the_state_run_each_task_once(
-    state: SharedState, backend: Backend
+    state: SharedState, backend: Backend, batch: int
 ) -> None:
     sid = await session(backend)
     tasks, last = await _submit_pairs(backend, sid, PAIRS)
@@ -84,7 +89,8 @@ async def test_processes_sharing_the_state_run_each_task_once(
     report = spawn.Queue()
     workers = [
         spawn.Process(
-            target=processes.drain, args=(state.url, sid, last, start, report)
+            target=processes.drain,
+            args=(state.url, sid, last, start, report, batch),
         )
         for _ in range(PROCESSES)
     ]
