@@ -1,9 +1,10 @@
 """The task loop: acquire, read ahead, run on the worker, commit or fail.
 
 One reader acquires tasks ahead of the slots, as many as there are slots in one
-batch, so the next task's data is in memory while the current one computes. A keeper renews the
-lease of every task the agent holds, and stops an attempt whose task was cancelled
-or whose lease was lost. Each slot runs one task at a time on the worker.
+batch, so the next task's data is in memory while the current one computes. A
+keeper renews the lease of every task the agent holds, and stops an attempt whose
+task was cancelled or whose lease was lost. Each slot runs one task at a time on
+the worker.
 """
 
 from __future__ import annotations

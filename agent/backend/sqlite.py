@@ -31,7 +31,7 @@ An attempt stays its task's until it ends or until ``recover_expired`` ends it: 
 lapsed lease only allows another process to take the task over, so a slow agent's
 commit is still accepted if nobody has.
 
-Schema (``PRAGMA user_version`` = 3); timestamps are Unix seconds, lists are JSON:
+Schema (``PRAGMA user_version`` = 4); timestamps are Unix seconds, lists are JSON:
 
 ``sessions``
     One row per session: status, default options (a serialized ``TaskOptions``, and
@@ -57,11 +57,13 @@ Schema (``PRAGMA user_version`` = 3); timestamps are Unix seconds, lists are JSO
     ``list_applications``; ``tasks_by_payload`` tells whether a blob is still
     referenced.
 ``results``
-    One row per result, keyed by (session, key): its owner task, status, data blob,
-    ``pending_owner`` (a subtask the owner delegated it to, effective when the
-    owner's attempt commits) and ``staged_by`` (as in ``tasks``, for a result that a
-    staged subtask created). Indexes: ``results_by_owner`` (the outputs a task must
-    produce, abort or hand to its retry), ``results_staged`` and ``results_by_blob``.
+    One row per result, keyed by (session, key): its owner task, status, its value
+    (a blob, or ``data`` in the row itself for a value of at most 1 KiB handed to
+    the commit), ``pending_owner`` (a subtask the owner delegated it to, effective
+    when the owner's attempt commits) and ``staged_by`` (as in ``tasks``, for a
+    result that a staged subtask created). Indexes: ``results_by_owner`` (the
+    outputs a task must produce, abort or hand to its retry), ``results_staged``
+    and ``results_by_blob``.
 ``dependencies``
     One row per (session, key, task) while ``task`` waits for result ``key``. When a
     result completes, its rows are deleted and exactly those tasks' ``missing_deps``
@@ -179,7 +181,7 @@ _Outcome = tuple[bool, Any]
 # (the call, where its outcome goes, whether it may share a transaction)
 _Job = tuple[Callable[[], Any], Callable[[_Outcome], None], bool]
 
-_SCHEMA_VERSION = 3
+_SCHEMA_VERSION = 4
 # RETURNING and UPDATE ... FROM keep most transitions to a few statements.
 _MIN_SQLITE = (3, 35, 0)
 # Bounds what one transaction writes and one read hop returns of a blob.
@@ -188,6 +190,9 @@ _BATCH_BYTES = 1 << 20
 # many: enough to share a commit, few enough to keep the write lock briefly.
 _GROUP_MAX = 32
 _BATCH_CHUNKS = 256
+# A value handed to the commit up to this size is kept in its result's row: the
+# commit then writes one row for it instead of a blob, its chunk and their indexes.
+_INLINE_MAX = 1024
 # How many events a backend instance stores between two prunings of the log, at most.
 _PRUNE_EVERY = 1000
 
@@ -220,6 +225,8 @@ _SCHEMA_2 = (
 )
 # What version 3 added to version 2: who created each session.
 _SCHEMA_3 = ("ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT ''",)
+# What version 4 added to version 3: small values in their results' rows.
+_SCHEMA_4 = ("ALTER TABLE results ADD COLUMN data BLOB",)
 _UPGRADE_FROM_1 = (
     *(
         f"ALTER TABLE tasks ADD COLUMN application_{field} TEXT NOT NULL DEFAULT ''"
@@ -305,6 +312,7 @@ _SCHEMA = (
         staged_by TEXT,
         created_at REAL NOT NULL,
         completed_at REAL,
+        data BLOB,
         PRIMARY KEY (session_id, key)
     ) WITHOUT ROWID""",
     "CREATE INDEX results_by_owner ON results (owner_task_id)",
@@ -381,7 +389,8 @@ FROM tasks AS t LEFT JOIN results AS r ON r.owner_task_id = t.task_id
 WHERE t.task_id = ?1"""
 
 _COMMIT_RESULT = f"""
-UPDATE results SET status = {_R_COMPLETED}, completed_at = ?, blob_id = ?, size = ?
+UPDATE results SET status = {_R_COMPLETED}, completed_at = ?, blob_id = ?, size = ?,
+    data = ?
 WHERE session_id = ? AND key = ? AND status = {_R_CREATED}"""
 
 # Both statements are driven by the attempt's few staged rows, looked up by key, so
@@ -642,22 +651,29 @@ class _Transition:
         self.db.execute(_DROP_DEPENDENCY_EDGES, (task_id, session_id))
         self.db.execute("DELETE FROM staged_results WHERE task_id = ?", (task_id,))
 
-    def commit_results(
-        self, session_id: str, blobs: Mapping[str, BlobRef], awaited: list[str]
+    def commit_values(
+        self, session_id: str, values: Mapping[str, bytes], awaited: list[str]
     ) -> None:
-        """Complete results whose blobs are already stored, as the commit of staged
+        """Complete results with values held in memory, as the commit of staged
         ones would, in the same order; ``awaited`` are those that tasks wait for."""
         self.db.executemany(
             _COMMIT_RESULT,
             [
-                (self.now, blob.blob_id, blob.size, session_id, key)
-                for key, blob in sorted(blobs.items())
+                (self.now, *self._kept(data), session_id, key)
+                for key, data in sorted(values.items())
             ],
         )
         if awaited:
             keys = json.dumps(sorted(awaited))
             self.db.execute(_PUSH_TO_DEPENDENTS_OF_KEYS, (keys, session_id, self.now))
             self.db.execute(_DROP_DEPENDENCY_EDGES_OF_KEYS, (keys, session_id))
+
+    def _kept(self, data: bytes) -> tuple[str | None, int, bytes | None]:
+        """Where a result's value is kept: its blob id, size and inline data."""
+        if len(data) <= _INLINE_MAX:
+            return None, len(data), data
+        blob = _store_value(self.db, data)
+        return blob.blob_id, blob.size, None
 
     # -- subtasks and cancellation ------------------------------------------------
 
@@ -1098,19 +1114,19 @@ class _Store:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version == _SCHEMA_VERSION:
             return
-        if version == 1:
-            _upgrade_from_1(db)
-        if version in (1, 2):
-            for statement in _SCHEMA_3:
-                db.execute(statement)
-        elif version == 0:
-            for statement in _SCHEMA:
-                db.execute(statement)
-        else:
+        if version > _SCHEMA_VERSION:
             raise BackendError(
                 f"{path} holds state of schema version {version}; this agent knows "
                 f"versions up to {_SCHEMA_VERSION}"
             )
+        if version == 0:
+            statements: tuple[str, ...] = _SCHEMA
+        else:
+            if version == 1:
+                _upgrade_from_1(db)
+            statements = (_SCHEMA_3 if version <= 2 else ()) + _SCHEMA_4
+        for statement in statements:
+            db.execute(statement)
         db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -1505,23 +1521,23 @@ class _Store:
                 _record_start(db, attempt, started_at)
             commit = _Commit(step, attempt)
             commit.check_sent(values)
-            blobs = {key: _store_value(db, data) for key, data in values.items()}
             # A step that the read shows would change nothing is skipped.
             task_id = commit.task_id
             subtasks = step.unstage_subtasks(task_id) if commit.staged_subtasks else []
-            self._commit_results(step, commit, blobs)
+            self._commit_results(step, commit, values)
             for subtask_id in subtasks:
                 step.activate(subtask_id)
             return task_record(step.end_attempt(task_id, TaskStatus.COMPLETED))
 
     def _commit_results(
-        self, step: _Transition, commit: _Commit, blobs: Mapping[str, BlobRef]
+        self, step: _Transition, commit: _Commit, values: Mapping[str, bytes]
     ) -> None:
         if not commit.staged_results:
-            step.commit_results(commit.session_id, blobs, commit.awaited(blobs))
+            step.commit_values(commit.session_id, values, commit.awaited(values))
             return
         # The values join those staged before and commit the same way.
-        for key, blob in blobs.items():
+        for key, data in values.items():
+            blob = _store_value(step.db, data)
             self._stage(step, commit.task_id, key, blob.blob_id, blob.size)
         step.commit_staged_results(commit.task_id, commit.session_id)
 
@@ -1607,6 +1623,8 @@ class _Store:
             raise NotCompleted(
                 f"result {key!r} of session {session_id} is {status}: it has no data"
             )
+        if row["data"] is not None:
+            return "", 1, [row["data"]]
         return self.open_blob(row["blob_id"])
 
     def cancel_tasks(self, task_ids: Sequence[str]) -> list[TaskRecord]:

@@ -64,6 +64,43 @@ async def test_results_given_to_the_commit_are_committed_with_it(
     assert (await backend.get_task(task.task_id)).status == TaskStatus.COMPLETED
 
 
+# Empty, tiny, about the most a backend keeps beside the result, just past it, and
+# several chunks' worth.
+@pytest.mark.parametrize("size", [0, 1, 1024, 1025, 3 * 1024 * 1024 + 5])
+async def test_a_value_given_to_the_commit_reads_back_whole(
+    backend: Backend, size: int
+) -> None:
+    sid = await session(backend)
+    await submit(backend, sid, await new_task(backend, ["out"]))
+    attempt = await take(backend)
+    value = bytes(n % 251 for n in range(size))
+
+    await backend.complete(attempt, {"out": value})
+
+    assert await read(backend.read_result(sid, "out")) == value
+    result = await backend.get_result(sid, "out")
+    assert (result.status, result.size) == (ResultStatus.COMPLETED, size)
+
+
+async def test_a_small_value_given_to_the_commit_wakes_its_dependent(
+    backend: Backend,
+) -> None:
+    sid = await session(backend)
+    await submit(
+        backend,
+        sid,
+        await new_task(backend, ["first"]),
+        await new_task(backend, ["second"], ["first"]),
+    )
+    first = await take(backend)
+    await backend.complete(first, {"first": b"42"})
+
+    second = await take(backend)
+
+    assert list(second.task.data_dependencies) == ["first"]
+    assert await read(backend.read_result(sid, "first")) == b"42"
+
+
 async def test_a_result_given_to_the_commit_replaces_the_one_staged_for_its_key(
     backend: Backend,
 ) -> None:

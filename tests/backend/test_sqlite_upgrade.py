@@ -19,10 +19,16 @@ from agent.backend import (
     TaskStatus,
 )
 from gridpod_api import objects_pb2
-from tests.backend.support import new_task, session, submit, take
+from tests.backend.support import chunks, new_task, read, session, submit, take
 
+# What version 4 added, undone: the file a version 3 agent left.
+_BACK_TO_VERSION_3 = (
+    "ALTER TABLE results DROP COLUMN data",
+    "PRAGMA user_version = 3",
+)
 # What version 3 added, undone: the file a version 2 agent left.
 _BACK_TO_VERSION_2 = (
+    *_BACK_TO_VERSION_3,
     "ALTER TABLE sessions DROP COLUMN owner",
     "PRAGMA user_version = 2",
 )
@@ -97,6 +103,36 @@ async def test_a_version_2_file_is_upgraded_with_sessions_of_no_owner(
         assert [s.session_id for s in owned.items] == [created.session_id]
     finally:
         await upgraded.close()
+
+
+async def test_a_version_3_file_is_upgraded_with_its_values_readable(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    backend = SqliteBackend(path)
+    sid = await session(backend)
+    await submit(
+        backend,
+        sid,
+        await new_task(backend, ["before"]),
+        await new_task(backend, ["after"]),
+    )
+    # Version 3 kept every value in a blob.
+    attempt = await take(backend)
+    await backend.stage_result_data(attempt, "before", chunks(b"in a blob"))
+    await backend.complete(attempt)
+    await backend.close()
+    _rewrite(path, _BACK_TO_VERSION_3)
+
+    upgraded = SqliteBackend(path)
+    try:
+        assert await read(upgraded.read_result(sid, "before")) == b"in a blob"
+        await upgraded.complete(await take(upgraded), {"after": b"small"})
+        assert await read(upgraded.read_result(sid, "after")) == b"small"
+    finally:
+        await upgraded.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)
 
 
 def test_a_file_of_a_later_version_is_refused(tmp_path: Path) -> None:
