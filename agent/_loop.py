@@ -1,10 +1,10 @@
 """The task loop: acquire, read ahead, run on the worker, commit or fail.
 
-One reader acquires tasks ahead of the slots, as many as there are slots in one
-batch, so the next task's data is in memory while the current one computes. A
-keeper renews the lease of every task the agent holds, and stops an attempt whose
-task was cancelled or whose lease was lost. Each slot runs one task at a time on
-the worker.
+One reader acquires tasks ahead of the slots (as many as there are slots, in one
+batch where the backend can), so the next task's data is in memory while the
+current one computes. A keeper renews the lease of every task the agent holds,
+and stops an attempt whose task was cancelled or whose lease was lost. Each slot
+runs one task at a time on the worker.
 """
 
 from __future__ import annotations
@@ -171,6 +171,10 @@ class TaskLoop:
         self._ready: asyncio.Queue[_Held] = asyncio.Queue(maxsize=config.concurrency)
         # Set as a slot takes a task from ``_ready``.
         self._taken = asyncio.Event()
+        # A backend that takes several tasks in one transition costs less per task
+        # when asked for a batch: the reader then waits until the slots took all
+        # the tasks read ahead and takes as many again.
+        self._batch = min(config.concurrency, backend.acquire_batch)
         self._held: dict[str, _Held] = {}
         self._running: set[_Held] = set()
         # Resolved once the latest Process call has written its requests.
@@ -289,9 +293,9 @@ class TaskLoop:
                     self._worker_ok.wait()
                 ):
                     return
-                await self._all_taken()
+                await self._room_for(self._batch)
                 await _passed(self._last_sent)
-                attempts = await self._acquire(self._config.concurrency)
+                attempts = await self._acquire(self._batch)
                 if not attempts:
                     # An empty queue: wait for a wake-up, or poll again after the
                     # idle interval in case one was missed.
@@ -302,11 +306,10 @@ class TaskLoop:
                 for attempt in attempts:
                     await self._hold(attempt)
 
-    async def _all_taken(self) -> None:
-        """Wait until the slots took every task read ahead, so that the next
-        acquire takes a slot's worth of them: one transaction for several tasks
-        costs less than one each, and this keeps the most in one."""
-        while not self._ready.empty():
+    async def _room_for(self, count: int) -> None:
+        """Wait until the slots took enough of the tasks read ahead to leave room
+        for ``count`` more."""
+        while self._ready.maxsize - self._ready.qsize() < count:
             self._taken.clear()
             await self._taken.wait()
 

@@ -193,6 +193,10 @@ class Backend(abc.ABC):
     # Whether events of every session share one sequence, so that one cursor
     # follows them all (``read_events`` without a session).
     events_in_one_sequence = False
+    # How many tasks an agent should ask ``acquire_many`` for at most: more than 1
+    # where it takes them in one transition, which costs less than one each; 1
+    # where it takes them one at a time, so waiting to ask for more gains nothing.
+    acquire_batch = 1
 
     # -- life of the backend ------------------------------------------------------
 

@@ -190,6 +190,9 @@ _BATCH_BYTES = 1 << 20
 # many: enough to share a commit, few enough to keep the write lock briefly.
 _GROUP_MAX = 32
 _BATCH_CHUNKS = 256
+# The batch an agent asks for at most: enough for one transaction to serve many
+# slots, few enough to keep the write lock briefly.
+_ACQUIRE_BATCH = 64
 # A value handed to the commit up to this size is kept in its result's row: the
 # commit then writes one row for it instead of a blob, its chunk and their indexes.
 _INLINE_MAX = 1024
@@ -1920,6 +1923,7 @@ class SqliteBackend(Backend):
     """The backend kept in one SQLite file; see the module's documentation."""
 
     events_in_one_sequence = True
+    acquire_batch = _ACQUIRE_BATCH
 
     def __init__(
         self,

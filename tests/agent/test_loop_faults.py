@@ -7,6 +7,7 @@ backend is the real embedded one, wrapped to fail once where a test says.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -293,3 +294,20 @@ async def test_a_task_queued_by_another_process_wakes_an_idle_agent(
         loop.drain()
         await asyncio.wait_for(runner, 10)
         await other.close()
+
+
+@pytest.mark.parametrize(("batch", "groups"), [(64, [4, 4, 2]), (1, [1] * 10)])
+async def test_tasks_are_read_ahead_a_slot_s_worth_at_a_time(
+    backend: SqliteBackend, batch: int, groups: list[int]
+) -> None:
+    ids = await _submit(backend, 10)
+    backend.acquire_batch = batch  # as a backend that takes one task at a time
+    registry = AttemptRegistry()
+    worker = FakeWorker(registry, backend=backend)
+    loop = TaskLoop(_config(concurrency=4), backend, worker, registry)  # type: ignore[arg-type]
+    await _run_until_all_complete(loop, backend, ids)
+
+    records = [await backend.get_task(task_id) for task_id in ids]
+    # The tasks of one transaction share its clock reading.
+    acquired = Counter(r.acquired_at for r in records)
+    assert sorted(acquired.values(), reverse=True) == groups
