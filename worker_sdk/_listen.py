@@ -137,8 +137,24 @@ def _parsed(request: Any) -> Any:
 
 
 async def _parsed_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for request in requests:
-        yield _parsed(request)
+    # grpc.aio's request iterator is an async generator, here as in the services.
+    received = aiter(requests)
+    try:
+        async for request in received:
+            yield _parsed(request)
+    finally:
+        await _close(received)
+
+
+async def _close(stream: Any) -> None:
+    """Close an async generator that a service stopped reading before its end.
+
+    Left to the garbage collector, each such generator costs the event loop a
+    wake-up from another thread and a task to close it. One still being read
+    (by a task of the service's own) is left to its reader.
+    """
+    if hasattr(stream, "aclose") and not getattr(stream, "ag_running", False):
+        await stream.aclose()
 
 
 async def _refuse(
@@ -159,19 +175,27 @@ def _guarded(behavior: _Behavior, method: str, streaming_requests: bool) -> _Beh
     if inspect.isasyncgenfunction(behavior):
 
         async def replies(request: Any, context: _Context) -> AsyncIterator[Any]:
+            requests = None
             try:
-                async for reply in behavior(read(request), context):
+                requests = read(request)
+                async for reply in behavior(requests, context):
                     yield reply
             except _UnparsableRequest as error:
                 await _refuse(context, method, error)
+            finally:
+                await _close(requests)
 
         return replies
 
     async def reply(request: Any, context: _Context) -> Any:
+        requests = None
         try:
-            return await behavior(read(request), context)
+            requests = read(request)
+            return await behavior(requests, context)
         except _UnparsableRequest as error:
             await _refuse(context, method, error)
+        finally:
+            await _close(requests)
 
     return reply
 

@@ -1,9 +1,12 @@
-"""The project's gRPC servers answer a request that does not parse with
-INVALID_ARGUMENT naming the method, however the service was registered."""
+"""The project's gRPC servers: a request that does not parse is answered with
+INVALID_ARGUMENT naming the method, however the service was registered, and a
+request stream that a service stops reading is closed when the call ends."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import gc
+import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +68,49 @@ async def test_an_unparsable_request_is_refused(
 
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _METHOD in (refused.value.details() or "")
+
+
+async def _first_only(
+    requests: AsyncIterator[objects_pb2.DataChunk], context: Any
+) -> objects_pb2.DataChunk:
+    async for request in requests:
+        return request
+    return objects_pb2.DataChunk()
+
+
+async def test_a_stream_read_in_part_is_closed_when_the_call_ends(
+    folder: Path,
+) -> None:
+    server = new_server([])
+    handler = grpc.stream_unary_rpc_method_handler(
+        _first_only,
+        request_deserializer=objects_pb2.DataChunk.FromString,
+        response_serializer=objects_pb2.DataChunk.SerializeToString,
+    )
+    server.add_registered_method_handlers("test.Echo", {"First": handler})
+    address = Address("unix", str(folder / "first.sock"))
+    await listen(server, address)
+    # A generator left unfinished reaches the loop's finalizer when collected,
+    # which then closes it from a task of its own.
+    hooks = sys.get_asyncgen_hooks()
+    finalized: list[str] = []
+
+    def finalizer(generator: Any) -> None:
+        finalized.append(generator.__qualname__)
+        if hooks.finalizer is not None:
+            hooks.finalizer(generator)
+
+    sys.set_asyncgen_hooks(hooks.firstiter, finalizer)
+    try:
+        async with grpc.aio.insecure_channel(address.grpc_target) as channel:
+            first: grpc.aio.StreamUnaryMultiCallable[bytes, bytes]
+            first = channel.stream_unary("/test.Echo/First")
+            chunks = [objects_pb2.DataChunk(data=bytes([n])) for n in range(3)]
+            reply = await first(iter([c.SerializeToString() for c in chunks]))
+        gc.collect()
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+        await server.stop(None)
+
+    assert objects_pb2.DataChunk.FromString(reply).data == b"\x00"
+    assert finalized == []
