@@ -294,6 +294,8 @@ class TaskLoop:
                 ):
                     return
                 await self._room_for(self._batch)
+                if self._draining.is_set():
+                    return  # a slot took a task only to release it
                 await _passed(self._last_sent)
                 attempts = await self._acquire(self._batch)
                 if not attempts:

@@ -1393,6 +1393,10 @@ class _Store:
     ) -> list[Attempt]:
         """Up to ``limit`` tasks, in queue order, in one transaction."""
         taken: list[tuple[sqlite3.Row, str, bytes | None]] = []
+        # Small payloads are read in this transaction, which costs less than a
+        # read transaction of their own; the others after it, not to hold the
+        # write lock meanwhile.
+        room = _BATCH_BYTES
         with self._transaction() as db:
             now = _clock()
             expires = now + lease.total_seconds()
@@ -1401,18 +1405,12 @@ class _Store:
                 row = _one(db, _ACQUIRE, (agent_id, token, expires, now, partition_id))
                 if row is None:
                     break
-                # A small payload is read in this transaction, which costs less
-                # than a read transaction of its own; a large one after it, not to
-                # hold the write lock meanwhile.
                 size = row["payload_size"]
-                small = size <= min(payload_up_to, _BATCH_BYTES)
-                taken.append(
-                    (
-                        row,
-                        token,
-                        self.whole_blob(row["payload_blob"]) if small else None,
-                    )
-                )
+                payload = None
+                if size <= min(payload_up_to, room):
+                    payload = self.whole_blob(row["payload_blob"])
+                    room -= size
+                taken.append((row, token, payload))
         return [
             Attempt(
                 task_record(row),

@@ -330,6 +330,24 @@ async def test_a_batch_brings_the_payloads_asked_for(backend: Backend) -> None:
     assert payloads == {"small": b"tiny", "large": None}
 
 
+async def test_a_batch_brings_payloads_that_add_up_to_several_mib(
+    backend: Backend,
+) -> None:
+    sid = await session(backend)
+    payloads = [bytes([n]) * (600 * 1024) for n in range(3)]
+    tasks = [
+        NewTask(await blob(backend, data), [f"out-{n}"])
+        for n, data in enumerate(payloads)
+    ]
+    await submit(backend, sid, *tasks)
+
+    attempts = await backend.acquire_many(
+        AGENT, "", LEASE, 3, payload_up_to=1024 * 1024
+    )
+
+    assert [a.payload_data for a in attempts] == payloads
+
+
 async def test_a_batch_takes_only_its_partition(backend: Backend) -> None:
     sid = await session(backend, partitions=["cpu", "gpu"])
     cpu = objects_pb2.TaskOptions(partition_id="cpu")
