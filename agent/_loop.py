@@ -1,11 +1,5 @@
-"""The task loop: acquire, read ahead, run on the worker, commit or fail.
-
-One reader acquires tasks ahead of the slots (as many as there are slots, in one
-batch where the backend can), so the next task's data is in memory while the
-current one computes. A keeper renews the lease of every task the agent holds,
-and stops an attempt whose task was cancelled or whose lease was lost. Each slot
-runs one task at a time on the worker.
-"""
+"""The task loop: acquire and read ahead (a slot's worth of tasks per batch), run
+on the worker, commit or fail; leases are renewed while the agent holds a task."""
 
 from __future__ import annotations
 
@@ -169,11 +163,10 @@ class TaskLoop:
         self._worker = worker
         self._registry = registry
         self._ready: asyncio.Queue[_Held] = asyncio.Queue(maxsize=config.concurrency)
-        # Set as a slot takes a task from ``_ready``.
+        # Wakes the reader waiting for room in ``_ready``.
         self._taken = asyncio.Event()
-        # A backend that takes several tasks in one transition costs less per task
-        # when asked for a batch: the reader then waits until the slots took all
-        # the tasks read ahead and takes as many again.
+        # The reader waits for room for a whole batch: a backend that takes several
+        # tasks in one transition spends less on each.
         self._batch = min(config.concurrency, backend.acquire_batch)
         self._held: dict[str, _Held] = {}
         self._running: set[_Held] = set()
@@ -294,9 +287,9 @@ class TaskLoop:
                 ):
                     return
                 await self._room_for(self._batch)
-                if self._draining.is_set():
-                    return  # a slot took a task only to release it
                 await _passed(self._last_sent)
+                if self._draining.is_set():
+                    return  # what it took now would only be released
                 attempts = await self._acquire(self._batch)
                 if not attempts:
                     # An empty queue: wait for a wake-up, or poll again after the
@@ -305,8 +298,11 @@ class TaskLoop:
                         queued.wait(self._config.idle_poll.total_seconds())
                     )
                     continue
-                for attempt in attempts:
-                    await self._hold(attempt)
+                # All of the batch is held (renewed, released if the agent
+                # drains) before any of it is read, which takes time.
+                for held, payload in [self._hold(attempt) for attempt in attempts]:
+                    held.data = await self._try_read(held.attempt, payload)
+                    await self._ready.put(held)
 
     async def _room_for(self, count: int) -> None:
         """Wait until the slots took enough of the tasks read ahead to leave room
@@ -326,14 +322,14 @@ class TaskLoop:
             )
             return _Polling()
 
-    async def _hold(self, attempt: Attempt) -> None:
+    def _hold(self, attempt: Attempt) -> tuple[_Held, bytes | None]:
+        """The task held from now on, and the payload that came with it."""
         payload = attempt.payload_data
         # The read-ahead copy is the only one kept; the attempt lives longer.
         attempt = dataclasses.replace(attempt, payload_data=None)
         held = _Held(attempt, None, time.monotonic())
-        self._held[attempt.token] = held  # renewed from now on
-        held.data = await self._try_read(attempt, payload)
-        await self._ready.put(held)
+        self._held[attempt.token] = held
+        return held, payload
 
     async def _try_read(
         self, attempt: Attempt, payload: bytes | None

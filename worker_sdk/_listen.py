@@ -137,7 +137,7 @@ def _parsed(request: Any) -> Any:
 
 
 async def _parsed_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    # grpc.aio's request iterator is an async generator, here as in the services.
+    # A handle on grpc.aio's own generator, for the finally below to close.
     received = aiter(requests)
     try:
         async for request in received:
@@ -147,12 +147,10 @@ async def _parsed_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 
 async def _close(stream: Any) -> None:
-    """Close an async generator that a service stopped reading before its end.
-
-    Left to the garbage collector, each such generator costs the event loop a
-    wake-up from another thread and a task to close it. One still being read
-    (by a task of the service's own) is left to its reader.
-    """
+    """Close a request stream the service stopped reading, unless a task of the
+    service is reading it still."""
+    # The garbage collector's way costs a wake-up from another thread and a task.
+    # Duck-typed: grpc.aio's generator is compiled, not a Python async generator.
     if hasattr(stream, "aclose") and not getattr(stream, "ag_running", False):
         await stream.aclose()
 

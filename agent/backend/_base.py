@@ -193,9 +193,9 @@ class Backend(abc.ABC):
     # Whether events of every session share one sequence, so that one cursor
     # follows them all (``read_events`` without a session).
     events_in_one_sequence = False
-    # How many tasks an agent should ask ``acquire_many`` for at most: more than 1
-    # where it takes them in one transition, which costs less than one each; 1
-    # where it takes them one at a time, so waiting to ask for more gains nothing.
+    # The most tasks an agent should ask ``acquire_many`` for at once. A backend
+    # that takes them in one transition, which spends less per task than one
+    # transition each, sets more than 1; with 1 the agent asks as room appears.
     acquire_batch = 1
 
     # -- life of the backend ------------------------------------------------------
@@ -314,7 +314,7 @@ class Backend(abc.ABC):
         A backend may take them in one transition, which costs less than
         ``limit`` of them. Raises ``ValueError`` for a limit below 1.
         """
-        check_limit(limit)
+        check_batch_size(limit)
         attempts: list[Attempt] = []
         while len(attempts) < limit:
             attempt = await self.acquire(
@@ -556,7 +556,7 @@ class Backend(abc.ABC):
         process of the backend."""
 
 
-def check_limit(limit: int) -> None:
-    """Refuse a batch size that asks for nothing."""
+def check_batch_size(limit: int) -> None:
+    """Refuse a batch that asks for nothing."""
     if limit < 1:
         raise ValueError(f"the limit of a batch must be at least 1, not {limit}")

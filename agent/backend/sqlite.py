@@ -5,8 +5,10 @@ Open it with ``open_backend("sqlite:///var/lib/gridpod/state.db")``: the path is
 that follows ``sqlite://``, so ``sqlite:///abs/state.db`` names ``/abs/state.db`` and
 ``sqlite://state.db`` a file relative to the working directory, up to a ``?``:
 ``sqlite://state.db?events=N`` keeps the newest N events (a million by default). The
-file and its schema are created on first use, and a file of schema version 1 is
-upgraded; any number of processes of the host may open it.
+file and its schema are created on first use, and a file of an earlier schema
+version is upgraded; any number of processes of the host may open it. Stop the
+processes of an earlier version first: those still running would not see the values
+that version 4 keeps in their results' rows.
 
 Every transition is one ``BEGIN IMMEDIATE`` transaction. SQLite admits one writer at a
 time across processes, so two agents never take the same task, and a process that
@@ -132,7 +134,7 @@ from agent.backend._base import (
     TaskRecord,
     TaskRefusal,
     TaskStatus,
-    check_limit,
+    check_batch_size,
 )
 from agent.backend._errors import (
     BackendError,
@@ -1117,7 +1119,7 @@ class _Store:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version == _SCHEMA_VERSION:
             return
-        if version > _SCHEMA_VERSION:
+        if not 0 <= version <= _SCHEMA_VERSION:
             raise BackendError(
                 f"{path} holds state of schema version {version}; this agent knows "
                 f"versions up to {_SCHEMA_VERSION}"
@@ -1391,7 +1393,8 @@ class _Store:
         payload_up_to: int,
         limit: int = 1,
     ) -> list[Attempt]:
-        """Up to ``limit`` tasks, in queue order, in one transaction."""
+        """Up to ``limit`` tasks, in queue order, in one transaction; with the
+        payloads asked for that fit in its read of at most ``_BATCH_BYTES``."""
         taken: list[tuple[sqlite3.Row, str, bytes | None]] = []
         # Small payloads are read in this transaction, which costs less than a
         # read transaction of their own; the others after it, not to hold the
@@ -1413,21 +1416,10 @@ class _Store:
                 taken.append((row, token, payload))
         return [
             Attempt(
-                task_record(row),
-                agent_id,
-                token,
-                _utc(expires),
-                payload_data=self._payload(row, payload, payload_up_to),
+                task_record(row), agent_id, token, _utc(expires), payload_data=payload
             )
             for row, token, payload in taken
         ]
-
-    def _payload(
-        self, row: sqlite3.Row, read: bytes | None, payload_up_to: int
-    ) -> bytes | None:
-        if read is not None or row["payload_size"] > payload_up_to:
-            return read
-        return self.whole_blob(row["payload_blob"])
 
     def start(self, attempt: Attempt, at: float | None = None) -> None:
         with self._transaction() as db:
@@ -2159,9 +2151,7 @@ class SqliteBackend(Backend):
         *,
         payload_up_to: int = 0,
     ) -> Attempt | None:
-        attempts = await self._short(
-            self._store.acquire, agent_id, partition_id, lease, payload_up_to
-        )
+        attempts = await self._take(agent_id, partition_id, lease, payload_up_to, 1)
         return attempts[0] if attempts else None
 
     async def acquire_many(
@@ -2173,10 +2163,43 @@ class SqliteBackend(Backend):
         *,
         payload_up_to: int = 0,
     ) -> list[Attempt]:
-        check_limit(limit)
-        return await self._short(
+        check_batch_size(limit)
+        return await self._take(agent_id, partition_id, lease, payload_up_to, limit)
+
+    async def _take(
+        self,
+        agent_id: str,
+        partition_id: str,
+        lease: timedelta,
+        payload_up_to: int,
+        limit: int,
+    ) -> list[Attempt]:
+        attempts = await self._short(
             self._store.acquire, agent_id, partition_id, lease, payload_up_to, limit
         )
+        return [await self._with_payload(a, payload_up_to) for a in attempts]
+
+    async def _with_payload(self, attempt: Attempt, payload_up_to: int) -> Attempt:
+        """The attempt with its payload, if it was asked for and the transaction
+        that took the task had no room to read it; read on the backend's thread."""
+        payload = attempt.task.payload
+        if attempt.payload_data is not None or payload.size > payload_up_to:
+            return attempt
+        try:
+            data = await self._call(self._store.whole_blob, payload.blob_id)
+        except BackendError:
+            # The task is the caller's already: it streams the payload later.
+            logger.warning(
+                "reading the payload of task %s failed",
+                attempt.task.task_id,
+                exc_info=True,
+                extra={
+                    "task_id": attempt.task.task_id,
+                    "attempt": attempt.task.attempt,
+                },
+            )
+            return attempt
+        return replace(attempt, payload_data=data)
 
     async def start(self, attempt: Attempt, at: datetime | None = None) -> None:
         await self._short(self._store.start, attempt, _seconds_or_none(at))

@@ -1,4 +1,5 @@
-"""The task loop when its backend or its worker fails in ways the pods cannot show.
+"""The task loop when its backend or its worker fails in ways the pods cannot show,
+and how it takes tasks.
 
 The worker link is a test double here, so that faults come exactly when wanted; the
 backend is the real embedded one, wrapped to fail once where a test says.
@@ -51,12 +52,16 @@ class FakeWorker:
         self.crash = False
         # Turn this many tasks away as a draining worker does, then run them.
         self.turn_away = 0
+        # Never finish reading a task's data ahead.
+        self.stuck_reading = False
 
     async def wait_healthy(self, initial: timedelta, ceiling: timedelta) -> None:
         while not self.healthy:
             await asyncio.sleep(0.02)
 
     async def read_ahead(self, attempt: Attempt) -> TaskData:
+        if self.stuck_reading:
+            await asyncio.Event().wait()
         # As the real link does: the payload comes from the backend.
         assert self.backend is not None
         blob_id = attempt.task.payload.blob_id
@@ -296,12 +301,13 @@ async def test_a_task_queued_by_another_process_wakes_an_idle_agent(
         await other.close()
 
 
+# 1: as a backend that takes one task at a time.
 @pytest.mark.parametrize(("batch", "groups"), [(64, [4, 4, 2]), (1, [1] * 10)])
-async def test_tasks_are_read_ahead_a_slot_s_worth_at_a_time(
+async def test_tasks_are_acquired_as_many_as_there_are_slots_at_a_time(
     backend: SqliteBackend, batch: int, groups: list[int]
 ) -> None:
     ids = await _submit(backend, 10)
-    backend.acquire_batch = batch  # as a backend that takes one task at a time
+    backend.acquire_batch = batch
     registry = AttemptRegistry()
     worker = FakeWorker(registry, backend=backend)
     loop = TaskLoop(_config(concurrency=4), backend, worker, registry)  # type: ignore[arg-type]
@@ -311,3 +317,35 @@ async def test_tasks_are_read_ahead_a_slot_s_worth_at_a_time(
     # The tasks of one transaction share its clock reading.
     acquired = Counter(r.acquired_at for r in records)
     assert sorted(acquired.values(), reverse=True) == groups
+
+
+async def test_draining_while_a_batch_is_read_ahead_releases_all_of_it(
+    backend: SqliteBackend,
+) -> None:
+    [first] = await _submit(backend, 1)
+    attempt = await backend.acquire("agent", "", timedelta(seconds=30))
+    assert attempt is not None and attempt.task.task_id == first
+    await backend.complete(attempt, {"out0": b"r"})
+    session_id = attempt.task.session_id
+    # Tasks with a data dependency are read ahead through the worker link.
+    waiting = [
+        NewTask(await backend.write_blob(_one(b"p")), [f"w{n}"], ["out0"])
+        for n in range(4)
+    ]
+    records = await backend.submit_tasks(session_id, waiting)
+    ids = [r.task_id for r in records]  # type: ignore[union-attr]
+    registry = AttemptRegistry()
+    worker = FakeWorker(registry, backend=backend)
+    worker.stuck_reading = True
+    loop = TaskLoop(_config(concurrency=4), backend, worker, registry)  # type: ignore[arg-type]
+    runner = asyncio.create_task(loop.run())
+    await _until(lambda: _all_dispatched(backend, ids))
+
+    loop.drain()
+    await asyncio.wait_for(runner, 10)
+
+    assert await _statuses(backend, ids) == [TaskStatus.SUBMITTED] * 4
+
+
+async def _all_dispatched(backend: _Backend, ids: list[str]) -> bool:
+    return all(s == TaskStatus.DISPATCHED for s in await _statuses(backend, ids))

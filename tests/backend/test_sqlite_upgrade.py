@@ -47,6 +47,16 @@ _BACK_TO_VERSION_1 = (
 )
 
 
+def _columns(path: Path) -> dict[str, set[tuple[str, str]]]:
+    """Each table's columns (name, type), as the file has them."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {
+            table: {(c[1], c[2]) for c in db.execute(f"PRAGMA table_info({table})")}
+            for (table,) in tables.fetchall()
+        }
+
+
 def _rewrite(path: Path, statements: tuple[str, ...]) -> None:
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
         for statement in statements:
@@ -135,9 +145,27 @@ async def test_a_version_3_file_is_upgraded_with_its_values_readable(
         assert db.execute("PRAGMA user_version").fetchone() == (4,)
 
 
-def test_a_file_of_a_later_version_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    _rewrite(path, ("PRAGMA user_version = 99",))
+@pytest.mark.parametrize(
+    "back", [_BACK_TO_VERSION_1, _BACK_TO_VERSION_2, _BACK_TO_VERSION_3]
+)
+async def test_an_upgraded_file_has_the_tables_of_a_new_one(
+    tmp_path: Path, back: tuple[str, ...]
+) -> None:
+    fresh, old = tmp_path / "fresh.db", tmp_path / "old.db"
+    await SqliteBackend(fresh).close()
+    await SqliteBackend(old).close()
+    _rewrite(old, back)
+    assert _columns(old) != _columns(fresh)
 
-    with pytest.raises(BackendError, match="schema version 99"):
+    await SqliteBackend(old).close()
+
+    assert _columns(old) == _columns(fresh)
+
+
+@pytest.mark.parametrize("version", [99, -1])
+def test_a_file_of_an_unknown_version_is_refused(tmp_path: Path, version: int) -> None:
+    path = tmp_path / "state.db"
+    _rewrite(path, (f"PRAGMA user_version = {version}",))
+
+    with pytest.raises(BackendError, match=f"schema version {version}"):
         SqliteBackend(path)
