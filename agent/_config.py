@@ -57,6 +57,9 @@ class AgentConfig:
     # Backoff between worker health checks while the worker is down.
     health_backoff_initial: timedelta = timedelta(milliseconds=100)
     health_backoff_max: timedelta = timedelta(seconds=5)
+    # After each hand-off with the worker, the event loop polls this long rather
+    # than sleep (see agent/_busy_poll.py); zero lets it sleep at once.
+    busy_poll: timedelta = timedelta(milliseconds=1)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -67,6 +70,8 @@ class AgentConfig:
             raise ValueError(
                 f"data_chunk_max_size must be positive, not {self.data_chunk_max_size}"
             )
+        if self.busy_poll < timedelta(0):
+            raise ValueError(f"busy_poll must not be negative: {self.busy_poll}")
         if self.grace_period < timedelta(0):
             raise ValueError(
                 f"the grace period must not be negative: {self.grace_period}"

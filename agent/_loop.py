@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 import grpc
 
 from agent import _metrics
+from agent._busy_poll import BusyPoll
 from agent._config import AgentConfig
 from agent._registry import AttemptRegistry
 from agent._worker import Dispatch, TaskData, WorkerLink
@@ -178,6 +179,9 @@ class TaskLoop:
         self._worker_ok = asyncio.Event()
         self._health_check: asyncio.Task[None] | None = None
         self.ready = False
+        # Touched at each hand-off of a task with the worker; the Agent service
+        # touches it too.
+        self.busy_poll = BusyPoll(config.busy_poll)
 
     # -- running and stopping -----------------------------------------------------
 
@@ -189,6 +193,7 @@ class TaskLoop:
             asyncio.create_task(self._read_ahead(), name="read-ahead"),
             asyncio.create_task(self._keep_leases(), name="lease-keeper"),
             asyncio.create_task(self._recover(), name="lease-recovery"),
+            asyncio.create_task(self.busy_poll.run(), name="busy-poll"),
         ]
         slots = [
             asyncio.create_task(self._slot(), name=f"slot-{n}")
@@ -525,6 +530,9 @@ class TaskLoop:
         timeout = max_duration.ToTimedelta().total_seconds() or None
         running = self._registry.add(attempt)
         _metrics.RUNNING.inc()
+        busy_poll = self.busy_poll
+        busy_poll.touch()
+        dispatch.sent.add_done_callback(lambda _: busy_poll.touch())
         held.runner = asyncio.create_task(
             self._worker.process(attempt, held.data, timeout, dispatch)
         )
@@ -532,6 +540,7 @@ class TaskLoop:
         try:
             reply = await held.runner
         finally:
+            busy_poll.touch()
             _metrics.RUNNING.dec()
             self._registry.remove(attempt)
         return reply, running.results

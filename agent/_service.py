@@ -13,11 +13,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, NoReturn
 
 import grpc
 
 from agent import _metrics
+from agent._busy_poll import BusyPoll
 from agent._chunks import chained, single
 from agent._registry import AttemptRegistry, Running
 from agent.backend import (
@@ -176,15 +178,30 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
         registry: AttemptRegistry,
         chunk_size: int,
         limits: AgentLimits | None = None,
+        *,
+        busy_poll: BusyPoll | None = None,
     ) -> None:
         self._backend = backend
         self._registry = registry
         self._chunk_size = chunk_size
         self._limits = limits or AgentLimits()
+        # Each call of the worker's is a hand-off, as it arrives and as it ends.
+        self._busy_poll = busy_poll or BusyPoll(timedelta(0))
 
     # -- SendResult ---------------------------------------------------------------
 
     async def SendResult(
+        self,
+        request_iterator: AsyncIterator[agent_common_pb2.Result],
+        context: _Context,
+    ) -> agent_common_pb2.ResultReply:
+        self._busy_poll.touch()
+        try:
+            return await self._send_result(request_iterator, context)
+        finally:
+            self._busy_poll.touch()
+
+    async def _send_result(
         self,
         request_iterator: AsyncIterator[agent_common_pb2.Result],
         context: _Context,
@@ -279,6 +296,17 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
     # -- CreateTask ---------------------------------------------------------------
 
     async def CreateTask(
+        self,
+        request_iterator: AsyncIterator[agent_common_pb2.CreateTaskRequest],
+        context: _Context,
+    ) -> agent_common_pb2.CreateTaskReply:
+        self._busy_poll.touch()
+        try:
+            return await self._create_task(request_iterator, context)
+        finally:
+            self._busy_poll.touch()
+
+    async def _create_task(
         self,
         request_iterator: AsyncIterator[agent_common_pb2.CreateTaskRequest],
         context: _Context,
@@ -472,6 +500,18 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
         )
 
     async def _data_replies(
+        self,
+        request: agent_common_pb2.DataRequest,
+        source: Callable[[Attempt], AsyncIterator[bytes]],
+    ) -> AsyncIterator[agent_common_pb2.DataReply]:
+        self._busy_poll.touch()
+        try:
+            async for reply in self._data_of(request, source):
+                yield reply
+        finally:
+            self._busy_poll.touch()
+
+    async def _data_of(
         self,
         request: agent_common_pb2.DataRequest,
         source: Callable[[Attempt], AsyncIterator[bytes]],

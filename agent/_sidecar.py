@@ -52,7 +52,11 @@ class Sidecar:
     async def _start_agent_service(self) -> None:
         server = new_server(CHANNEL_OPTIONS)
         service = AgentService(
-            self.backend, self._registry, self.config.data_chunk_max_size, self.limits
+            self.backend,
+            self._registry,
+            self.config.data_chunk_max_size,
+            self.limits,
+            busy_poll=self.loop.busy_poll,
         )
         agent_service_pb2_grpc.add_AgentServicer_to_server(service, server)
         address = self.config.listen_address

@@ -169,6 +169,14 @@ def _task_limit_options(
     help="Chunk size of data streamed to the worker.",
 )
 @click.option(
+    "--busy-poll",
+    type=click.IntRange(0),
+    default=1000,
+    show_default=True,
+    help="Microseconds the agent keeps polling, rather than sleeping, after each "
+    "hand-off with the worker (0: never).",
+)
+@click.option(
     "--agent-id", help="Name of this agent in task records (default: host-pid)."
 )
 @_task_limit_options(_AGENT_LIMITS)
@@ -195,6 +203,7 @@ def run(
     lease: float,
     grace_period: float,
     chunk_size: int,
+    busy_poll: int,
     agent_id: str | None,
     max_payload_size: int,
     max_tasks_per_request: int,
@@ -227,6 +236,7 @@ def run(
         lease=timedelta(seconds=lease),
         grace_period=timedelta(seconds=grace_period),
         data_chunk_max_size=chunk_size,
+        busy_poll=timedelta(microseconds=busy_poll),
     )
     if agent_id:
         config = dataclasses.replace(config, agent_id=agent_id)
