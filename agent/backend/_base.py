@@ -387,8 +387,8 @@ class Backend(abc.ABC):
         results: Mapping[str, bytes] | None = None,
         *,
         started_at: datetime | None = None,
-    ) -> TaskRecord:
-        """Commit the attempt in one transaction.
+    ) -> None:
+        """Commit the attempt in one transaction; ``get_task`` reads the outcome.
 
         ``started_at``: the attempt started then but ``start`` was not called; it
         is recorded (DISPATCHED -> PROCESSING, with its event) before the commit,

@@ -37,6 +37,7 @@ __all__ = [
     "EVENT_FIELDS",
     "EVENT_TIME_FUNCTION",
     "EVENT_TRIGGERS",
+    "STARTED_EVENT",
     "Reader",
     "result_record",
     "session_record",
@@ -64,12 +65,22 @@ _VISIBLE = "NEW.staged_by IS NULL"
 _COMMITTED = "OLD.staged_by IS NOT NULL AND NEW.staged_by IS NULL"
 
 
+def _insert_event(
+    session_id: str, kind: EventKind, data: str, queued: str = "0"
+) -> str:
+    return f"""INSERT INTO events (session_id, kind, at, data) VALUES ({session_id},
+            {kind:d}, {EVENT_TIME_FUNCTION}({queued}), {data})"""
+
+
 def _trigger(name: str, on: str, kind: EventKind, data: str, queued: str = "0") -> str:
     return f"""CREATE TEMP TRIGGER {name} {on}
     BEGIN
-        INSERT INTO events (session_id, kind, at, data) VALUES (NEW.session_id,
-            {kind:d}, {EVENT_TIME_FUNCTION}({queued}), {data});
+        {_insert_event("NEW.session_id", kind, data, queued)};
     END"""
+
+
+def _task_status(task_id: str, status: str) -> str:
+    return f"json_array({task_id}, {status})"
 
 
 # Temporary, so that they exist only on connections that registered the function;
@@ -94,7 +105,7 @@ EVENT_TRIGGERS = (
         "event_task_status",
         f"AFTER UPDATE OF status ON tasks WHEN NEW.status != OLD.status AND {_VISIBLE}",
         EventKind.TASK_STATUS,
-        "json_array(NEW.task_id, NEW.status)",
+        _task_status("NEW.task_id", "NEW.status"),
         _QUEUED,
     ),
     _trigger(
@@ -123,6 +134,14 @@ EVENT_TRIGGERS = (
         EventKind.RESULT_OWNER,
         "json_array(NEW.key, OLD.owner_task_id, NEW.owner_task_id)",
     ),
+)
+
+
+# The event that event_task_status makes for DISPATCHED -> PROCESSING, for the
+# transitions that record a task's start in the UPDATE that ends its attempt.
+# Parameters: the session's id and the task's.
+STARTED_EVENT = _insert_event(
+    "?1", EventKind.TASK_STATUS, _task_status("?2", f"{TaskStatus.PROCESSING:d}")
 )
 
 

@@ -162,6 +162,7 @@ from agent.backend._queries import (
 from agent.backend._sqlite_queries import (
     EVENT_TIME_FUNCTION,
     EVENT_TRIGGERS,
+    STARTED_EVENT,
     Reader,
     result_record,
     session_record,
@@ -450,6 +451,11 @@ SELECT EXISTS (SELECT 1 FROM tasks WHERE payload_blob = ?1)
     OR EXISTS (SELECT 1 FROM results WHERE blob_id = ?1)
     OR EXISTS (SELECT 1 FROM staged_results WHERE blob_id = ?1)
     OR EXISTS (SELECT 1 FROM resources WHERE blob_id = ?1)"""
+
+_COMPLETE_ATTEMPT = f"""
+UPDATE tasks SET status = {TaskStatus.COMPLETED:d}, status_message = '', ended_at = ?,
+    token = NULL, lease_expires_at = NULL, started_at = coalesce(?, started_at)
+WHERE task_id = ?"""
 
 _END_ATTEMPT = """
 UPDATE tasks SET status = ?, status_message = ?, ended_at = ?, token = NULL,
@@ -760,6 +766,7 @@ class _Commit:
         rows = step.db.execute(_COMMIT_STATE, (self.task_id,)).fetchall()
         task = _check_attempt(attempt, rows[0] if rows else None)
         self.session_id: str = task["session_id"]
+        self.status = TaskStatus(task["status"])
         self.staged_subtasks = bool(task["staged_subtasks"])
         self.staged_results = bool(task["staged_results"])
         self._outputs = {row["key"]: row for row in rows if row["key"] is not None}
@@ -1506,21 +1513,25 @@ class _Store:
         attempt: Attempt,
         results: Mapping[str, bytes] | None = None,
         started_at: float | None = None,
-    ) -> TaskRecord:
+    ) -> None:
         values = results or {}
         with self._transaction() as db:
             step = _Transition(db)
-            if started_at is not None:
-                _record_start(db, attempt, started_at)
             commit = _Commit(step, attempt)
             commit.check_sent(values)
             # A step that the read shows would change nothing is skipped.
             task_id = commit.task_id
+            if commit.status != TaskStatus.DISPATCHED:
+                started_at = None  # recorded already
+            if started_at is not None:
+                # Its event first, as if the start had been an UPDATE of its own;
+                # the UPDATE that ends the attempt records the time.
+                db.execute(STARTED_EVENT, (commit.session_id, task_id))
             subtasks = step.unstage_subtasks(task_id) if commit.staged_subtasks else []
             self._commit_results(step, commit, values)
             for subtask_id in subtasks:
                 step.activate(subtask_id)
-            return task_record(step.end_attempt(task_id, TaskStatus.COMPLETED))
+            db.execute(_COMPLETE_ATTEMPT, (step.now, started_at, task_id))
 
     def _commit_results(
         self, step: _Transition, commit: _Commit, values: Mapping[str, bytes]
@@ -2251,9 +2262,9 @@ class SqliteBackend(Backend):
         results: Mapping[str, bytes] | None = None,
         *,
         started_at: datetime | None = None,
-    ) -> TaskRecord:
+    ) -> None:
         started = _seconds_or_none(started_at)
-        return await self._short(self._store.complete, attempt, results, started)
+        await self._short(self._store.complete, attempt, results, started)
 
     async def fail(
         self,

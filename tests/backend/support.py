@@ -98,7 +98,8 @@ async def finish(
         values = {key: key.encode() for key in attempt.task.expected_outputs}
     for key, data in values.items():
         await backend.stage_result(attempt, key, await blob(backend, data))
-    return await backend.complete(attempt)
+    await backend.complete(attempt)
+    return await backend.get_task(attempt.task.task_id)
 
 
 def submit_in_process(url: str, session_id: str, key: str, report: Queue[str]) -> None:

@@ -481,7 +481,8 @@ async def test_a_commit_records_the_start_it_is_handed(backend: Backend) -> None
     sid, _, attempt = await _acquired(backend)
     began = _a_while_ago()
 
-    done = await backend.complete(attempt, {"out": b"v"}, started_at=began)
+    await backend.complete(attempt, {"out": b"v"}, started_at=began)
+    done = await backend.get_task(attempt.task.task_id)
 
     assert done.status == TaskStatus.COMPLETED
     await _check_started(backend, sid, done, began)
@@ -518,6 +519,7 @@ async def test_a_start_recorded_already_is_kept_by_the_commit(backend: Backend) 
     assert (await backend.get_task(tid)).status == TaskStatus.PROCESSING
 
     later_moment = datetime.now(timezone.utc) + timedelta(seconds=5)
-    done = await backend.complete(attempt, {"out": b"v"}, started_at=later_moment)
+    await backend.complete(attempt, {"out": b"v"}, started_at=later_moment)
+    done = await backend.get_task(attempt.task.task_id)
 
     await _check_started(backend, sid, done, began)

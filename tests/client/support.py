@@ -101,7 +101,8 @@ class PlaneThread:
             if isinstance(outcome, str):
                 ended.append(await self.backend.fail(attempt, outcome))
             else:
-                ended.append(await self.backend.complete(attempt, outcome))
+                await self.backend.complete(attempt, outcome)
+                ended.append(await self.backend.get_task(attempt.task.task_id))
         return ended
 
     async def _acquire(self) -> Attempt | None:

@@ -232,7 +232,8 @@ async def complete(
     """Commit the attempt, each expected output's value its own key by default."""
     if values is None:
         values = {key: key.encode() for key in attempt.task.expected_outputs}
-    record = await backend.complete(attempt, values)
+    await backend.complete(attempt, values)
+    record = await backend.get_task(attempt.task.task_id)
     assert record.status == TaskStatus.COMPLETED
     return record
 

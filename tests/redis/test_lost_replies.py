@@ -141,8 +141,9 @@ async def test_a_transition_whose_reply_was_lost_is_not_made_twice(
     assert attempt is not None
     await backend.start(attempt)
     cutter.arm("gp_complete")
-    record = await backend.complete(attempt, {"out": b"value"})
+    await backend.complete(attempt, {"out": b"value"})
     assert cutter.cuts == 3
+    record = await backend.get_task(task.task_id)
 
     assert record.status == TaskStatus.COMPLETED
     assert attempt.task.task_id == record.task_id == task.task_id

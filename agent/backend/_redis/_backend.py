@@ -795,14 +795,13 @@ class RedisBackend(Backend):
         results: Mapping[str, bytes] | None = None,
         *,
         started_at: datetime | None = None,
-    ) -> TaskRecord:
+    ) -> None:
         await self._started_at(attempt, started_at)
         tag = tag_of(attempt.task.session_id)
         held: list[Any] = []
         for key, data in (results or {}).items():
             held += [key, fresh_id(tag), data]
-        outcome = await self._on_attempt("complete", attempt, *held)
-        return task_record(fields(outcome.answer))
+        await self._on_attempt("complete", attempt, *held)
 
     async def fail(
         self,
