@@ -33,12 +33,35 @@ def _local_time(created: float, pattern: str) -> str:
     return time.strftime(pattern, time.localtime(created))
 
 
+class _Seconds:
+    """The local time of one second in one pattern, formatted once: a process
+    writing a line per task writes hundreds of lines within each second."""
+
+    def __init__(self, pattern: str) -> None:
+        self._pattern = pattern
+        # One tuple, replaced whole: threads logging at once never see a second
+        # paired with another second's text.
+        self._last = (-1, "")
+
+    def of(self, at: float) -> str:
+        second = int(at)
+        last = self._last
+        if last[0] != second:
+            last = (second, _local_time(second, self._pattern))
+            self._last = last
+        return last[1]
+
+
 _Extras = Mapping[str, Any]
+
+
+_JSON_SECONDS = _Seconds("%Y-%m-%dT%H:%M:%S")
+_TEXT_SECONDS = _Seconds("%Y-%m-%d %H:%M:%S")
 
 
 def _json_line(at: float, level: str, name: str, message: str, extras: _Extras) -> str:
     entry = {
-        "time": _local_time(at, "%Y-%m-%dT%H:%M:%S"),
+        "time": _JSON_SECONDS.of(at),
         "level": level,
         "logger": name,
         "message": message,
@@ -50,10 +73,9 @@ def _json_line(at: float, level: str, name: str, message: str, extras: _Extras) 
 def _text_line(at: float, level: str, name: str, message: str, extras: _Extras) -> str:
     # The time as logging.Formatter's default asctime: milliseconds last.
     millis = int((at - int(at)) * 1000)
-    text = f"{_local_time(at, '%Y-%m-%d %H:%M:%S')},{millis:03d} {level} {name}: "
-    text += message
+    text = f"{_TEXT_SECONDS.of(at)},{millis:03d} {level} {name}: {message}"
     if extras:
-        text += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+        text += " " + " ".join([f"{k}={v}" for k, v in extras.items()])
     return text
 
 

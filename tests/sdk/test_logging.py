@@ -8,11 +8,12 @@ import logging
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from worker_sdk._logging import log_line
+from worker_sdk._logging import JsonFormatter, TextFormatter, log_line
 
 # Logs the same line through logging and through log_line, at a fixed time (each
 # format's time is to the millisecond at most), then a failure with its traceback.
@@ -106,3 +107,19 @@ def test_other_handlers_get_a_record(kept: _Kept) -> None:
     assert record.getMessage() == "task t-1 acquired"
     assert record.levelno == logging.INFO
     assert record.__dict__["task_id"] == "t-1"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_lines_of_successive_seconds_carry_their_own_second(log_format: str) -> None:
+    # The second's text is formatted once and kept: a line in the next second,
+    # or back in an earlier one, must not reuse it.
+    moments = [1796350295.25, 1796350295.75, 1796350296.5, 1796350295.9, 1796353900.0]
+    lines = [
+        TextFormatter.line(at, "INFO", "x", "m", {})
+        if log_format == "text"
+        else json.loads(JsonFormatter.line(at, "INFO", "x", "m", {}))["time"]
+        for at in moments
+    ]
+    pattern = "%Y-%m-%d %H:%M:%S" if log_format == "text" else "%Y-%m-%dT%H:%M:%S"
+    for at, line in zip(moments, lines, strict=True):
+        assert line.startswith(time.strftime(pattern, time.localtime(at)))
