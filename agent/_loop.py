@@ -171,8 +171,8 @@ class TaskLoop:
         self._batch = min(config.concurrency, backend.acquire_batch)
         self._held: dict[str, _Held] = {}
         self._running: set[_Held] = set()
-        # Resolved once the latest Process call has written its requests.
-        self._last_sent: asyncio.Future[bool] | None = None
+        # Resolved once the latest Process call has settled (see Dispatch).
+        self._last_settled: asyncio.Future[bool] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._draining = asyncio.Event()
@@ -292,7 +292,9 @@ class TaskLoop:
                 ):
                     return
                 await self._room_for(self._batch)
-                await _passed(self._last_sent)
+                # Once the latest task settled (see Dispatch): a worker about to
+                # send its result is not kept waiting by an acquire.
+                await _passed(self._last_settled)
                 if self._draining.is_set():
                     return  # what it took now would only be released
                 attempts = await self._acquire(self._batch)
@@ -499,7 +501,7 @@ class TaskLoop:
         dispatch = Dispatch.new()
         if gate is not None:
             dispatch.sent.add_done_callback(lambda _: _open(gate))
-        self._last_sent = dispatch.sent
+        self._last_settled = dispatch.settled
         try:
             reply, results = await self._call(held, dispatch)
         except asyncio.CancelledError:
@@ -529,6 +531,7 @@ class TaskLoop:
         max_duration = attempt.task.options.max_duration
         timeout = max_duration.ToTimedelta().total_seconds() or None
         running = self._registry.add(attempt)
+        running.on_answer = dispatch.answered
         _metrics.RUNNING.inc()
         busy_poll = self.busy_poll
         busy_poll.touch()
@@ -684,12 +687,12 @@ def _open(gate: asyncio.Future[bool] | None) -> None:
         gate.set_result(True)
 
 
-async def _passed(sent: asyncio.Future[bool] | None) -> None:
-    """Wait for a Process call to have written its requests, if it has not."""
-    if sent is not None and not sent.done():
+async def _passed(step: asyncio.Future[bool] | None) -> None:
+    """Wait for a Process call to have reached ``step``, if it has not."""
+    if step is not None and not step.done():
         # Awaited as is: only a stopping agent cancels this wait, and a cancelled
-        # ``sent`` then merely opens the commit gate that follows it.
-        await sent
+        # step then merely opens the gate that follows it.
+        await step
 
 
 def _turned_away(error: grpc.aio.AioRpcError) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.backend import Attempt
@@ -19,6 +20,12 @@ class Running:
     results: dict[str, bytes] = field(default_factory=dict)
     # Expected outputs the attempt handed over to subtasks it created.
     delegated: set[str] = field(default_factory=set)
+    # Called each time the Agent service accepts a result the worker sent for it.
+    on_answer: Callable[[], None] | None = None
+
+    def answered(self) -> None:
+        if self.on_answer is not None:
+            self.on_answer()
 
     def owns(self, key: str) -> bool:
         return key in self.attempt.task.expected_outputs and key not in self.delegated

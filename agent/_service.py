@@ -221,6 +221,7 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
         if self._registry.get(token) is not running:
             # The attempt ended while the results streamed in: they were not kept.
             return self._result_error(token, _UNKNOWN_TOKEN)
+        running.answered()
         return agent_common_pb2.ResultReply(
             communication_token=token, Ok=objects_pb2.Empty()
         )

@@ -24,23 +24,47 @@ _Compute = worker_common_pb2.ProcessRequest.ComputeRequest
 _Serving = worker_common_pb2.HealthCheckReply.ServingStatus
 
 
+# How long after its last request a call may wait for the worker's first result
+# before it counts as settled anyway: a kernel that computes longer than this sends
+# none soon.
+HANDOVER_WAIT = 0.001
+
+
 @dataclass(eq=False)
 class Dispatch:
-    """How far a Process call has written its requests: ``begun`` resolves with
-    True after the first, ``sent`` after the last; with False if the call ended
-    before."""
+    """How far a Process call has got, each step resolving with True once reached
+    or with False if the call ended first: ``begun`` once its first request is
+    written, ``sent`` once the last is, ``settled`` once the agent accepted the
+    first result the worker sent for the task, or ``HANDOVER_WAIT`` after
+    ``sent``, whichever comes first."""
 
     begun: asyncio.Future[bool]
     sent: asyncio.Future[bool]
+    settled: asyncio.Future[bool]
+    _timer: asyncio.TimerHandle | None = None
 
     @classmethod
     def new(cls) -> Dispatch:
         loop = asyncio.get_running_loop()
-        return cls(loop.create_future(), loop.create_future())
+        dispatch = cls(loop.create_future(), loop.create_future(), loop.create_future())
+        dispatch.sent.add_done_callback(dispatch._wait_for_worker)
+        return dispatch
+
+    def answered(self) -> None:
+        """The agent accepted a result the worker sent for this task."""
+        _resolve(self.settled, True)
 
     def ended(self) -> None:
         _resolve(self.begun, False)
         _resolve(self.sent, False)
+        _resolve(self.settled, False)
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _wait_for_worker(self, sent: asyncio.Future[bool]) -> None:
+        if not self.settled.done():
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(HANDOVER_WAIT, _resolve, self.settled, True)
 
 
 def _resolve(step: asyncio.Future[bool], reached: bool) -> None:

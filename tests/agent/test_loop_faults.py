@@ -349,3 +349,57 @@ async def test_draining_while_a_batch_is_read_ahead_releases_all_of_it(
 
 async def _all_dispatched(backend: _Backend, ids: list[str]) -> bool:
     return all(s == TaskStatus.DISPATCHED for s in await _statuses(backend, ids))
+
+
+class _HandingOver(FakeWorker):
+    """Writes its requests, waits, then sends its result (or not); notes how many
+    acquires the backend had made by then."""
+
+    def __init__(self, registry: AttemptRegistry, backend: Any, answers: bool) -> None:
+        super().__init__(registry, backend=backend)
+        self.answers = answers
+        self.acquires = 0
+        self.seen: list[tuple[int, int]] = []
+
+    async def process(
+        self,
+        attempt: Attempt,
+        data: TaskData | None,
+        timeout: float | None,
+        dispatch: Dispatch | None = None,
+    ) -> worker_common_pb2.ProcessReply:
+        assert dispatch is not None
+        dispatch.sent.set_result(True)
+        await asyncio.sleep(0.1)
+        before = self.acquires
+        running = self.registry.get(attempt.token)
+        assert running is not None
+        if self.answers:
+            running.answered()
+        await asyncio.sleep(0.1)
+        self.seen.append((before, self.acquires))
+        return await super().process(attempt, data, timeout, dispatch)
+
+
+@pytest.mark.parametrize("answers", [True, False])
+async def test_the_next_acquire_waits_until_the_task_settled(
+    backend: SqliteBackend, monkeypatch: pytest.MonkeyPatch, answers: bool
+) -> None:
+    # Settled: the worker's first result was accepted, or HANDOVER_WAIT passed.
+    monkeypatch.setattr("agent._worker.HANDOVER_WAIT", 0.15 if answers else 0.05)
+    ids = await _submit(backend, 3)
+    registry = AttemptRegistry()
+    worker = _HandingOver(registry, backend, answers)
+    real = backend.acquire_many
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        worker.acquires += 1
+        return await real(*args, **kwargs)
+
+    backend.acquire_many = counted  # type: ignore[method-assign]
+    loop = TaskLoop(_config(), backend, worker, registry)  # type: ignore[arg-type]
+    await _run_until_all_complete(loop, backend, ids)
+
+    # While the first task ran, its own acquire only, then the second task's: an
+    # answer let it go at once, a silent worker after the wait.
+    assert worker.seen[0] == ((1, 2) if answers else (2, 2))
