@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 __all__ = ["BusyPoll"]
@@ -18,33 +20,36 @@ class BusyPoll:
     again at every message of a task. Right after a hand-off (a request written,
     a call of the worker's answered) the next message is due within a fraction
     of a millisecond: a loop that polls until then takes it without being woken.
-    A kernel that computes longer than the window lets the loop sleep again, so
-    a long task costs at most a few windows of polling.
+    A kernel that computes longer than the window lets the loop sleep again.
     """
 
     def __init__(self, window: timedelta) -> None:
-        if window < timedelta(0):
-            raise ValueError(f"the busy-poll window must not be negative: {window}")
         self._window = window.total_seconds()
         self._until = 0.0
         self._touched = asyncio.Event()
+        # Whether the loop is being kept awake now.
         self.spinning = False
-
-    @property
-    def enabled(self) -> bool:
-        return self._window > 0
 
     def touch(self) -> None:
         """A hand-off just happened: poll for the next window."""
-        if not self._window:
+        if self._window <= 0:
             return
         self._until = time.monotonic() + self._window
         if not self._touched.is_set():
             self._touched.set()
 
+    @contextmanager
+    def hand_off(self) -> Iterator[None]:
+        """Touch as a call of the worker's arrives and again as it ends."""
+        self.touch()
+        try:
+            yield
+        finally:
+            self.touch()
+
     async def run(self) -> None:
         """Poll after each touch until its window is over; runs until cancelled."""
-        if not self._window:
+        if self._window <= 0:
             return
         try:
             while True:

@@ -690,8 +690,8 @@ def _open(gate: asyncio.Future[bool] | None) -> None:
 async def _passed(step: asyncio.Future[bool] | None) -> None:
     """Wait for a Process call to have reached ``step``, if it has not."""
     if step is not None and not step.done():
-        # Awaited as is: only a stopping agent cancels this wait, and a cancelled
-        # step then merely opens the gate that follows it.
+        # Awaited as is: only a stopping agent cancels this wait, and nothing
+        # else waits for the step it then cancels.
         await step
 
 

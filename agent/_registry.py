@@ -24,6 +24,7 @@ class Running:
     on_answer: Callable[[], None] | None = None
 
     def answered(self) -> None:
+        """The Agent service accepted a result the worker sent for the attempt."""
         if self.on_answer is not None:
             self.on_answer()
 

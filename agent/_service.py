@@ -195,11 +195,8 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
         request_iterator: AsyncIterator[agent_common_pb2.Result],
         context: _Context,
     ) -> agent_common_pb2.ResultReply:
-        self._busy_poll.touch()
-        try:
+        with self._busy_poll.hand_off():
             return await self._send_result(request_iterator, context)
-        finally:
-            self._busy_poll.touch()
 
     async def _send_result(
         self,
@@ -301,13 +298,10 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
         request_iterator: AsyncIterator[agent_common_pb2.CreateTaskRequest],
         context: _Context,
     ) -> agent_common_pb2.CreateTaskReply:
-        self._busy_poll.touch()
-        try:
-            return await self._create_task(request_iterator, context)
-        finally:
-            self._busy_poll.touch()
+        with self._busy_poll.hand_off():
+            return await self._serve_create_task(request_iterator, context)
 
-    async def _create_task(
+    async def _serve_create_task(
         self,
         request_iterator: AsyncIterator[agent_common_pb2.CreateTaskRequest],
         context: _Context,
@@ -505,12 +499,9 @@ class AgentService(agent_service_pb2_grpc.AgentServicer):
         request: agent_common_pb2.DataRequest,
         source: Callable[[Attempt], AsyncIterator[bytes]],
     ) -> AsyncIterator[agent_common_pb2.DataReply]:
-        self._busy_poll.touch()
-        try:
+        with self._busy_poll.hand_off():
             async for reply in self._data_of(request, source):
                 yield reply
-        finally:
-            self._busy_poll.touch()
 
     async def _data_of(
         self,

@@ -24,9 +24,9 @@ _Compute = worker_common_pb2.ProcessRequest.ComputeRequest
 _Serving = worker_common_pb2.HealthCheckReply.ServingStatus
 
 
-# How long after its last request a call may wait for the worker's first result
-# before it counts as settled anyway: a kernel that computes longer than this sends
-# none soon.
+# Seconds a call may wait, once its last request is written, for the worker's first
+# result before it counts as settled anyway: a kernel that computes longer than
+# this sends none soon.
 HANDOVER_WAIT = 0.001
 
 
@@ -34,14 +34,15 @@ HANDOVER_WAIT = 0.001
 class Dispatch:
     """How far a Process call has got, each step resolving with True once reached
     or with False if the call ended first: ``begun`` once its first request is
-    written, ``sent`` once the last is, ``settled`` once the agent accepted the
-    first result the worker sent for the task, or ``HANDOVER_WAIT`` after
-    ``sent``, whichever comes first."""
+    written, ``sent`` once the last is, ``settled`` once ``sent`` is and either
+    the agent accepted a result the worker sent for the task or ``HANDOVER_WAIT``
+    passed."""
 
     begun: asyncio.Future[bool]
     sent: asyncio.Future[bool]
     settled: asyncio.Future[bool]
-    _timer: asyncio.TimerHandle | None = None
+    _answered: bool = field(default=False, init=False, repr=False)
+    _timer: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def new(cls) -> Dispatch:
@@ -52,7 +53,9 @@ class Dispatch:
 
     def answered(self) -> None:
         """The agent accepted a result the worker sent for this task."""
-        _resolve(self.settled, True)
+        self._answered = True
+        if self.sent.done():
+            _resolve(self.settled, True)
 
     def ended(self) -> None:
         _resolve(self.begun, False)
@@ -62,9 +65,13 @@ class Dispatch:
             self._timer.cancel()
 
     def _wait_for_worker(self, sent: asyncio.Future[bool]) -> None:
-        if not self.settled.done():
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(HANDOVER_WAIT, _resolve, self.settled, True)
+        if self.settled.done():
+            return
+        if self._answered:
+            _resolve(self.settled, True)
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(HANDOVER_WAIT, _resolve, self.settled, True)
 
 
 def _resolve(step: asyncio.Future[bool], reached: bool) -> None:

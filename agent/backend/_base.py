@@ -391,9 +391,9 @@ class Backend(abc.ABC):
         """Commit the attempt in one transaction; ``get_task`` reads the outcome.
 
         ``started_at``: the attempt started then but ``start`` was not called; it
-        is recorded (DISPATCHED -> PROCESSING, with its event) before the commit,
-        which spares a short task a transaction of its own. A refused commit may
-        leave it recorded; recording it again changes nothing.
+        is recorded by the commit's transaction (the PROCESSING event comes before
+        the others), which spares a short task a transaction of its own. A refused
+        commit may leave it recorded; recording it again changes nothing.
 
         ``results`` are values the caller held rather than staged: they are
         staged first, in the same transaction, under the same ownership rule

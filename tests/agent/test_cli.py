@@ -52,6 +52,12 @@ def test_an_unknown_backend_scheme_is_named() -> None:
     assert b"mongodb" in done.stderr
 
 
+def test_a_negative_busy_poll_is_refused() -> None:
+    done = agent("run", "--backend", "sqlite://unused.db", "--busy-poll", "-1")
+    assert done.returncode == 2
+    assert b"--busy-poll" in done.stderr
+
+
 def test_a_bad_worker_address_is_named() -> None:
     done = agent("run", "--backend", "sqlite:///tmp/unused.db", "--worker", "nowhere")
     assert done.returncode == 2

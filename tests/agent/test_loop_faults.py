@@ -385,8 +385,9 @@ class _HandingOver(FakeWorker):
 async def test_the_next_acquire_waits_until_the_task_settled(
     backend: SqliteBackend, monkeypatch: pytest.MonkeyPatch, answers: bool
 ) -> None:
-    # Settled: the worker's first result was accepted, or HANDOVER_WAIT passed.
-    monkeypatch.setattr("agent._worker.HANDOVER_WAIT", 0.15 if answers else 0.05)
+    # Settled: the worker's first result was accepted, or HANDOVER_WAIT passed;
+    # long enough here that only the answer can settle the task in time.
+    monkeypatch.setattr("agent._worker.HANDOVER_WAIT", 10 if answers else 0.05)
     ids = await _submit(backend, 3)
     registry = AttemptRegistry()
     worker = _HandingOver(registry, backend, answers)
@@ -403,3 +404,17 @@ async def test_the_next_acquire_waits_until_the_task_settled(
     # While the first task ran, its own acquire only, then the second task's: an
     # answer let it go at once, a silent worker after the wait.
     assert worker.seen[0] == ((1, 2) if answers else (2, 2))
+
+
+async def test_a_task_settles_only_once_its_requests_are_written() -> None:
+    dispatch = Dispatch.new()
+    dispatch.answered()  # a result accepted while requests are still going out
+    await asyncio.sleep(0)
+    assert not dispatch.settled.done()
+    dispatch.sent.set_result(True)
+    await asyncio.sleep(0)
+    assert dispatch.settled.result() is True
+    # A call that ends first settles with False.
+    unsent = Dispatch.new()
+    unsent.ended()
+    assert unsent.settled.result() is False
