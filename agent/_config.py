@@ -15,7 +15,10 @@ from worker_sdk._address import (
     ServerTls,
 )
 
-__all__ = ["AgentConfig"]
+__all__ = ["DEFAULT_BUSY_POLL", "AgentConfig"]
+
+# See agent/_busy_poll.py.
+DEFAULT_BUSY_POLL = timedelta(milliseconds=1)
 
 
 def _default_agent_id() -> str:
@@ -59,7 +62,7 @@ class AgentConfig:
     health_backoff_max: timedelta = timedelta(seconds=5)
     # After each hand-off with the worker, the event loop polls this long rather
     # than sleep (see agent/_busy_poll.py); zero lets it sleep at once.
-    busy_poll: timedelta = timedelta(milliseconds=1)
+    busy_poll: timedelta = DEFAULT_BUSY_POLL
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -21,8 +21,10 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
+from agent._config import DEFAULT_BUSY_POLL
 from agent._errors import AgentError
 from agent._ports import free_port
 from agent.backend import Backend, open_backend
@@ -30,7 +32,7 @@ from agent.control._config import ControlPlaneConfig
 from agent.control._server import ControlPlane
 from worker_sdk import Address
 
-__all__ = ["LocalConfig", "LocalGrid"]
+__all__ = ["LocalConfig", "LocalGrid", "busy_poll_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,22 @@ _NOT_STARTED = 127
 
 class LocalGridError(AgentError):
     """The local grid could not start."""
+
+
+def busy_poll_for(pods: int, cores: int | None = None) -> int:
+    """The ``--busy-poll`` microseconds of the agents of ``pods`` pods on this
+    machine: none once their agents and workers outnumber its cores, since polling
+    there takes the CPU from the very processes an agent waits for."""
+    if 2 * pods > (_cores() if cores is None else cores):
+        return 0
+    return DEFAULT_BUSY_POLL // timedelta(microseconds=1)
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,6 +259,7 @@ class LocalGrid:
                 *("--grace-period", str(config.grace_period)),
                 *("--agent-id", f"local-{index}"),
                 *("--log-format", config.log_format),
+                *("--busy-poll", str(busy_poll_for(config.workers))),
             ],
             os.environ,
         )

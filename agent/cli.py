@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, TypeVar
 import click
 
 from agent._client_cli import result, submit, tasks, wait
-from agent._config import AgentConfig
+from agent._config import DEFAULT_BUSY_POLL, AgentConfig
 from agent._errors import AgentError
 from agent._local_cli import local
 from agent._service import AgentLimits
@@ -171,7 +171,7 @@ def _task_limit_options(
 @click.option(
     "--busy-poll",
     type=click.IntRange(0),
-    default=1000,
+    default=DEFAULT_BUSY_POLL // timedelta(microseconds=1),
     show_default=True,
     help="Microseconds the agent keeps polling, rather than sleeping, after each "
     "hand-off with the worker (0: never).",

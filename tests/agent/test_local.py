@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from agent._local import busy_poll_for
 from agent._ports import free_port
 from worker_sdk import TaskOptions
 from worker_sdk.client import Client, ControlPlaneUnavailable, TaskSpec
@@ -327,3 +328,11 @@ def test_a_busy_port_is_reported_and_leaves_nothing_running() -> None:
     assert grid.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in errors
     assert not {pid for pid in children if _running(pid)}
+
+
+def test_pods_poll_only_while_each_has_two_cores_to_itself() -> None:
+    assert busy_poll_for(1, cores=2) == 1000
+    assert busy_poll_for(2, cores=4) == 1000
+    # Two pods' agents and workers on two cores: polling would starve them.
+    assert busy_poll_for(2, cores=2) == 0
+    assert busy_poll_for(3, cores=4) == 0
